@@ -1,0 +1,158 @@
+"""Concept spec -> `ContrastPairs`: persona prompts that differ only in the persona, sharing a suffix.
+
+A pair is (user: template.format(positive), assistant: suffix) vs (user: template.format(negative),
+assistant: suffix). The suffix is the start of the assistant turn, continued without an end-of-turn
+token, so the hidden states at the last tokens read "what this persona is about to say".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from .. import DATA_DIR
+
+SUFFIX_DIR = DATA_DIR / "contrastive_suffixes"
+CONCEPT_DIR = Path(__file__).parent
+
+
+class ConceptError(ValueError):
+    """A concept spec or pair set is invalid; the message names the problem."""
+
+
+class SuffixSource(BaseModel):
+    """Where suffixes come from: a vendored list name, a JSON file path, or an inline list."""
+
+    source: str | None = None
+    items: list[str] | None = None
+    truncate_words: bool = False
+    max: int | None = Field(default=None, gt=0)
+
+
+class ConceptSpec(BaseModel):
+    """A contrastive concept: a template with a `{persona}` slot, two personas and suffix sources."""
+
+    name: str
+    template: str
+    positive: str
+    negative: str
+    suffixes: list[SuffixSource] = Field(min_length=1)
+    val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, v: str) -> str:
+        if "{persona}" not in v:
+            raise ValueError("template must contain the placeholder {persona}")
+        return v
+
+
+@dataclass(frozen=True)
+class ContrastPairs:
+    """Parallel lists: pair i is (positive_prompts[i], suffixes[i]) vs (negative_prompts[i], suffixes[i])."""
+
+    positive_prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    suffixes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.suffixes)
+        if n == 0:
+            raise ConceptError("no contrastive pairs: check the concept's suffix sources")
+        if not (len(self.positive_prompts) == len(self.negative_prompts) == n):
+            raise ConceptError(
+                f"unequal pair counts: {len(self.positive_prompts)} positive, "
+                f"{len(self.negative_prompts)} negative, {n} suffixes"
+            )
+        triples = list(zip(self.positive_prompts, self.negative_prompts, self.suffixes))
+        if len(set(triples)) != n:
+            raise ConceptError("duplicate contrastive pairs: deduplicate the suffix list")
+        if any(p == q for p, q, _ in triples):
+            raise ConceptError("a positive prompt equals its negative prompt: the personas must differ")
+
+    def __len__(self) -> int:
+        return len(self.suffixes)
+
+    def subset(self, idx: list[int]) -> "ContrastPairs":
+        """The pairs at positions `idx`, in that order."""
+        return ContrastPairs(
+            tuple(self.positive_prompts[i] for i in idx),
+            tuple(self.negative_prompts[i] for i in idx),
+            tuple(self.suffixes[i] for i in idx),
+        )
+
+    def messages(self, i: int, positive: bool) -> list[dict[str, str]]:
+        """Chat messages for pair i's positive or negative side (assistant turn = the suffix)."""
+        prompt = self.positive_prompts[i] if positive else self.negative_prompts[i]
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": self.suffixes[i]}]
+
+
+def builtin_concepts() -> list[str]:
+    """Names of the concept specs shipped with the package."""
+    return sorted(p.stem for p in CONCEPT_DIR.glob("*.yaml"))
+
+
+def load_concept(name_or_path: str) -> ConceptSpec:
+    """Load a built-in concept by name, or a YAML/JSON spec file; errors name the missing fields."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONCEPT_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConceptError(
+                f"unknown concept {name_or_path!r}: use one of {builtin_concepts()} or a path to a YAML spec"
+            )
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ConceptError(f"{path}: a concept spec must be a mapping with name, template, positive, negative, suffixes")
+    try:
+        return ConceptSpec(**raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConceptError(f"{path}: invalid concept spec ({problems})") from None
+
+
+def _word_prefixes(text: str) -> list[str]:
+    words = text.split(" ")
+    return [" ".join(words[:k]) for k in range(1, len(words) + 1)]
+
+
+def _suffixes(src: SuffixSource, rng: random.Random) -> list[str]:
+    if src.items is not None:
+        items = list(src.items)
+    elif src.source is not None:
+        path = SUFFIX_DIR / f"{src.source}.json"
+        if not path.is_file():
+            path = Path(src.source)
+        if not path.is_file():
+            known = sorted(p.stem for p in SUFFIX_DIR.glob("*.json"))
+            raise ConceptError(f"unknown suffix source {src.source!r}: use one of {known} or a JSON list file")
+        items = json.loads(path.read_text())
+    else:
+        raise ConceptError("a suffix source needs `source` (list name or file) or `items` (inline list)")
+    if src.truncate_words:
+        items = [p for s in items for p in _word_prefixes(s)]
+    items = list(dict.fromkeys(s for s in items if s.strip()))  # dedupe, keep order, drop empty
+    if src.max is not None and len(items) > src.max:
+        items = rng.sample(items, src.max)
+    return items
+
+
+def make_pairs(spec: ConceptSpec, seed: int = 0) -> tuple[ContrastPairs, ContrastPairs]:
+    """Build (train, validation) pairs; the split is by suffix so no suffix is in both."""
+    rng = random.Random(seed)
+    suffixes = list(dict.fromkeys(s for src in spec.suffixes for s in _suffixes(src, rng)))
+    rng.shuffle(suffixes)
+    n_val = max(1, int(round(len(suffixes) * spec.val_fraction)))
+    if len(suffixes) - n_val < 1:
+        raise ConceptError(f"concept {spec.name!r} has {len(suffixes)} suffix(es): need at least 2 to split train/val")
+    pos, neg = spec.template.format(persona=spec.positive), spec.template.format(persona=spec.negative)
+
+    def build(sfx: list[str]) -> ContrastPairs:
+        return ContrastPairs((pos,) * len(sfx), (neg,) * len(sfx), tuple(sfx))
+
+    return build(suffixes[n_val:]), build(suffixes[:n_val])
