@@ -8,7 +8,6 @@ baselines) and runs the model inside `with steerer.steer(model, c):`. c = 0 must
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol, runtime_checkable
 
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
-from ..io import atomic_save_tensors
+from ..io import atomic_save_tensors, atomic_write_json
 
 Messages = list[dict[str, str]]
 
@@ -57,16 +56,22 @@ class TensorSteerer:
         self.tensors: dict[str, torch.Tensor] = {}
 
     def params(self) -> dict[str, Any]:
-        return {"method": self.name, **self.hparams}
+        return dict(self.hparams)
 
     def messages(self, messages: Messages, c: float) -> Messages:
         return messages
 
     def save(self, path: Path) -> None:
-        atomic_save_tensors(self.tensors, Path(path) / "steerer.safetensors", metadata={"params": json.dumps(self.params())})
+        save_meta(self, path)
+        atomic_save_tensors(self.tensors, Path(path) / "steerer.safetensors")
 
     def load(self, model: PreTrainedModel, path: Path) -> None:
         self.tensors = load_file(str(Path(path) / "steerer.safetensors"))
+
+
+def save_meta(steerer: Steerer, path: Path) -> None:
+    """Write steerer.json ({"method", "params"}) so `load_steerer` can rebuild the steerer."""
+    atomic_write_json(Path(path) / "steerer.json", {"method": steerer.name, "params": steerer.params()})
 
 
 @contextlib.contextmanager
