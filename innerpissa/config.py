@@ -1,0 +1,93 @@
+"""Typed configs for the adapter, the ReprPO loss and training (pydantic: bad values fail loudly)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def content_hash(self, n: int = 12) -> str:
+        """Short sha256 of the canonical JSON of this config (names run/cache directories)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+class AdapterConfig(_Strict):
+    """Where and how InnerPiSSA adapts: r singular directions of chosen linear layers, rotated and rescaled."""
+
+    r: int = Field(64, gt=0, description="singular directions kept per layer")
+    target_modules: tuple[str, ...] = Field(("o_proj", "down_proj"), min_length=1)
+    layers: tuple[int, ...] | None = Field(None, description="decoder-layer indices; overrides layer_range")
+    layer_range: tuple[float, float] = Field((0.3, 0.8), description="depth fractions [lo, hi] of layers to adapt")
+    rotate_v: bool = True
+    rotate_u: bool = False
+    rotation: Literal["cayley", "matrix_exp"] = "cayley"
+    max_angle: float = Field(0.3, gt=0, description="soft clamp θ of the skew generator, radians")
+    scale: Literal["mult", "add", "tanh", "none"] = "mult"
+    dims: Literal["top", "data"] = Field("top", description="top-r by singular value, or most contrast-varying")
+    init_std: float = Field(1e-3, ge=0, description="std of the small random init of the learnable parameters")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AdapterConfig":
+        lo, hi = self.layer_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"layer_range must satisfy 0 <= lo <= hi <= 1, got {self.layer_range}")
+        if not (self.rotate_v or self.rotate_u or self.scale != "none"):
+            raise ValueError("nothing to learn: enable rotate_v, rotate_u or a scale mode other than 'none'")
+        return self
+
+
+class LossConfig(_Strict):
+    """ReprPO terms and their weights; each term can be switched off for ablations."""
+
+    loss_layer_frac: float = Field(0.8, ge=0.0, le=1.0, description="depth of the layer whose hidden states are separated")
+    loss_modules: tuple[str, ...] = Field(("o_proj", "down_proj"), description="modules whose U spans the loss basis")
+    loss_r: int = Field(64, gt=0, description="rank of the loss basis per module")
+    last_n_tokens: int = Field(4, gt=0)
+    direction_topk: int | None = Field(None, gt=0, description="keep only the top-k dims of the preference direction")
+    separation: bool = True
+    sep_weight: float = Field(1.0, ge=0)
+    coherence: bool = True
+    coh_weight: float = Field(1.0, ge=0)
+    tau: float = Field(0.5, ge=0, description="coherence margin: allowed per-token NLL increase, nats")
+    monotonic: bool = True
+    mono_weight: float = Field(1.0, ge=0)
+    mono_margin: float = Field(0.05, ge=0)
+    adaptive: bool = Field(False, description="loosen coherence for the direction that lags in separation")
+
+
+class TrainConfig(_Strict):
+    """Optimisation: AdamW + schedule, batches, validation/early stopping, checkpoints."""
+
+    seed: int = 0
+    lr: float = Field(5e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    batch_size: int = Field(8, gt=0, description="pairs per micro-batch")
+    grad_accum: int = Field(1, gt=0)
+    steps: int = Field(60, gt=0, description="optimizer steps")
+    n_train: int | None = Field(None, gt=0, description="cap on training pairs (None = all)")
+    n_val: int = Field(32, gt=0, description="cap on validation pairs")
+    eval_every: int = Field(20, gt=0, description="validate every N steps")
+    patience: int | None = Field(None, gt=0, description="early-stop after N validations without improvement")
+    checkpoint_every: int = Field(20, gt=0)
+    max_length: int = Field(128, gt=8)
+    cache_reference: bool = Field(True, description="cache frozen-model hidden states/log-probs once")
+    device: str = "auto"
+    bf16: bool = Field(True, description="bf16 autocast when on CUDA (ignored on CPU)")
+
+
+class RunSpec(_Strict):
+    """Everything that defines a trained InnerPiSSA adapter (its hash names the run directory)."""
+
+    model: str = "smollm2-135m"
+    concept: str = "honesty"
+    adapter: AdapterConfig = AdapterConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
