@@ -160,3 +160,16 @@ def model_id(model: PreTrainedModel) -> str:
     """A human-readable name for the base model (the spec it was loaded from, if known)."""
     return str(getattr(model.config, "innerpissa_spec", None) or getattr(model.config, "_name_or_path", "") or type(model).__name__)
 
+
+
+def select_layers(n_layers: int, layers: tuple[int, ...] | list[int] | None = None, layer_range: tuple[float, float] = (0.3, 0.8)) -> list[int]:
+    """Decoder-layer indices: explicit `layers` (negative counts from the end), else depth fractions [lo, hi]."""
+    if layers is not None:
+        out = sorted({l % n_layers if -n_layers <= l < n_layers else l for l in layers})
+        bad = [l for l in out if not 0 <= l < n_layers]
+        if bad:
+            raise ValueError(f"layer indices {bad} out of range: this model has layers 0..{n_layers - 1}")
+        return out
+    lo, hi = layer_range
+    first, last = round(lo * (n_layers - 1)), round(hi * (n_layers - 1))
+    return list(range(first, last + 1))
