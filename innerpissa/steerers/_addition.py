@@ -1,0 +1,143 @@
+"""Activation addition: add c·v to the output of chosen modules at every position (c = 0: no hooks at all).
+
+Shared machinery of the arithmetic baselines: `pca`, `mean_diff` and `random` add one vector per decoder
+layer to the residual stream (`AdditionSteerer`); `sspace` adds one vector per linear module output.
+Hooks are *prepended* so transformers' own output capture (`output_hidden_states`) sees the steered
+stream whatever order hooks were installed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..batching import Batch, encode_pairs, last_token_hidden
+from ..concepts import ContrastPairs
+from ..models import decoder_layers, select_layers
+from .base import TensorSteerer, forward_hooks
+
+DEFAULT_LAYER_RANGE = (0.35, 0.7)  # CAA/repeng middle-to-late band: layers 10-20 of SmolLM2's 30
+
+
+def check_coeff(c: float) -> float:
+    """Reject NaN/inf coefficients with a clear message."""
+    if not math.isfinite(c):
+        raise ValueError(f"steering coefficient must be a finite number, got {c}")
+    return float(c)
+
+
+def layer_hparams(
+    layers: Sequence[int] | None, layer_range: Sequence[float], max_length: int, batch_size: int
+) -> dict[str, Any]:
+    """Validated, JSON-ready hyper-parameters shared by the activation-addition steerers."""
+    lo, hi = layer_range
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"layer_range must satisfy 0 <= lo <= hi <= 1, got {list(layer_range)}")
+    if max_length < 1 or batch_size < 1:
+        raise ValueError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}")
+    return {
+        "layers": None if layers is None else [int(l) for l in layers], "layer_range": [float(lo), float(hi)],
+        "max_length": int(max_length), "batch_size": int(batch_size),
+    }
+
+
+def fitted_layers(model: PreTrainedModel, hparams: dict[str, Any]) -> list[int]:
+    """The decoder-layer indices a steerer with these hyper-parameters targets on `model`."""
+    return select_layers(len(decoder_layers(model)), hparams["layers"], tuple(hparams["layer_range"]))
+
+
+def _adder(delta: torch.Tensor):
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (output[0] + delta.to(output[0].dtype), *output[1:])
+        return output + delta.to(output.dtype)
+
+    return hook
+
+
+def add_to_outputs(targets: Sequence[tuple[nn.Module, torch.Tensor]], c: float) -> ContextManager[None]:
+    """Context manager adding c·v to each (module, v) output at all positions; removes its hooks on exit."""
+    c = check_coeff(c)
+    if c == 0.0:
+        return contextlib.nullcontext()
+
+    def factory() -> list[Any]:
+        handles = []
+        for module, v in targets:
+            device = next(module.parameters()).device
+            delta = (c * v.float()).to(device)
+            handles.append(module.register_forward_hook(_adder(delta), prepend=True))
+        return handles
+
+    return forward_hooks(factory)
+
+
+def fit_batches(batch: Batch, batch_size: int, desc: str) -> list[Batch]:
+    """Split a batch into chunks, wrapped in a progress bar (fitting reads activations of every pair)."""
+    return list(tqdm([batch[s: s + batch_size] for s in range(0, len(batch), batch_size)], desc=desc, leave=False))
+
+
+def pair_hidden(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs, layers: Sequence[int],
+    max_length: int, batch_size: int, desc: str = "activations",
+) -> dict[int, torch.Tensor]:
+    """Last-token residual-stream differences h_chosen − h_rejected per layer: {layer: [n_pairs, d]}."""
+    batch = encode_pairs(tok, pairs, max_length).to(next(model.parameters()).device)
+    chunks = [last_token_hidden(model, b, layers, 1, batch_size) for b in fit_batches(batch, batch_size, desc)]
+    n = len(pairs)
+    out = {}
+    for l in layers:
+        h = torch.cat([ch[l] for ch in chunks])[:, -1].cpu()
+        out[l] = h[:n] - h[n:]
+    return out
+
+
+class AdditionSteerer(TensorSteerer):
+    """Residual-stream steering: h_l ← h_l + c·v_l at the output of each chosen decoder layer l, all positions.
+
+    Subclasses define `vector(diff, layer)`: the steering vector from the [n_pairs, d] last-token differences.
+    """
+
+    name = "addition"
+
+    def __init__(
+        self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,
+        max_length: int = 128, batch_size: int = 32,
+    ) -> None:
+        super().__init__(**layer_hparams(layers, layer_range, max_length, batch_size))
+
+    def vector(self, diff: torch.Tensor, layer: int) -> torch.Tensor:
+        """The steering vector [d] for `layer` from last-token differences [n_pairs, d]."""
+        raise NotImplementedError
+
+    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None = None) -> None:
+        hp = self.hparams
+        layers = fitted_layers(model, hp)
+        diffs = pair_hidden(model, tokenizer, pairs, layers, hp["max_length"], hp["batch_size"], f"{self.name}: activations")
+        self.tensors = {f"layer.{l}": self.vector(diffs[l].double(), l).float().contiguous() for l in layers}
+
+    def vectors(self) -> dict[int, torch.Tensor]:
+        """The fitted steering vectors by decoder-layer index."""
+        if not self.tensors:
+            raise ValueError(f"{self.name} steerer is not fitted: call fit() or load it from a saved directory")
+        return {int(k.split(".")[1]): v for k, v in self.tensors.items()}
+
+    def steer(self, model: PreTrainedModel, c: float) -> ContextManager[None]:
+        blocks = decoder_layers(model)
+        d = model.config.hidden_size
+        targets = []
+        for l, v in sorted(self.vectors().items()):
+            if l >= len(blocks) or v.numel() != d:
+                raise ValueError(
+                    f"{self.name} vectors (layer {l}, d={v.numel()}) do not fit this model "
+                    f"({len(blocks)} layers, d={d}): refit the steerer on this model"
+                )
+            targets.append((blocks[l], v))
+        return add_to_outputs(targets, c)
