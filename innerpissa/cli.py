@@ -35,3 +35,5 @@ def main() -> None:
 
 
 # --- commands are registered below by their modules (one import per command) ---
+
+from .experiments import report_cli as _report_cli  # noqa: E402,F401  (report)

@@ -1,0 +1,115 @@
+"""Read a results root (`runs/<hash>/` dirs) into frames: one row per (run, dataset), failures, and per-row scores.
+
+A run counts as complete only when its `DONE` marker exists; dirs with `error.json` are failed runs and
+dirs with neither are partial (interrupted) runs. Only complete runs enter the tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+KEY_COLUMNS = ["run_hash", "method", "seed", "preset", "model", "concept", "dataset"]
+
+
+def runs_dir(root: Path) -> Path:
+    """The directory holding `<hash>/` run dirs: `root/runs` if it exists, else `root` itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results root {root} does not exist: pass the directory a sweep or compare wrote")
+    return root / "runs" if (root / "runs").is_dir() else root
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in runs_dir(root).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): delete that run dir and rerun it") from e
+
+
+def _run_fields(run: dict, run_hash: str, env: dict | None = None) -> dict:
+    """Identity columns and flattened config (`cfg.*` for the run spec, `env.*` for the rest of config.json)."""
+    fields = {
+        "run_hash": run_hash,
+        "method": run.get("method"),
+        "seed": run.get("seed"),
+        "preset": run.get("preset"),
+        "model": run.get("model"),
+        "concept": run.get("concept"),
+        "params_key": json.dumps(run.get("params") or {}, sort_keys=True),
+    }
+    flat = pd.json_normalize({"cfg": run, "env": env or {}}, sep=".")
+    return {**fields, **flat.iloc[0].to_dict()}
+
+
+def _config(run_dir: Path) -> tuple[dict, dict]:
+    """(run spec, environment) from a run's config.json."""
+    config = _read_json(run_dir / "config.json")
+    run = config.get("run") if isinstance(config, dict) else None
+    if not isinstance(run, dict) or "method" not in run:
+        raise ValueError(f"{run_dir / 'config.json'} has no 'run' section with a 'method': not a run directory")
+    return run, {k: v for k, v in config.items() if k != "run"}
+
+
+def collect(root: Path) -> pd.DataFrame:
+    """One row per (complete run, dataset): identity columns, every `summary.json` key, and flattened config."""
+    rows = []
+    for d in _run_dirs(root):
+        if not (d / "DONE").exists():
+            continue
+        run, env = _config(d)
+        fields = _run_fields(run, d.name, env)
+        summary = _read_json(d / "summary.json")
+        for dataset, metrics in summary.items():
+            rows.append({**fields, "dataset": dataset, **metrics})
+    if not rows:
+        raise ValueError(
+            f"no complete runs under {runs_dir(root)} (a run is complete when its dir has a DONE marker): "
+            "run `innerpissa sweep` or `innerpissa compare` first"
+        )
+    return pd.DataFrame(rows)
+
+
+def collect_failed(root: Path) -> pd.DataFrame:
+    """Runs that did not complete: status 'failed' (error.json: its type and message) or 'partial' (no DONE)."""
+    rows = []
+    for d in _run_dirs(root):
+        if (d / "DONE").exists():
+            continue
+        err = _read_json(d / "error.json") if (d / "error.json").is_file() else None
+        run = _config(d)[0] if (d / "config.json").is_file() else (err or {}).get("run") or {}
+        fields = {k: v for k, v in _run_fields(run, d.name).items() if k in KEY_COLUMNS}
+        if err is not None:
+            msg = f"{err.get('type', 'Error')}: {err.get('message', '')}".strip().splitlines()[0]
+            rows.append({**fields, "status": "failed", "error": msg})
+        else:
+            rows.append({**fields, "status": "partial", "error": ""})
+    return pd.DataFrame(rows, columns=["run_hash", "method", "seed", "preset", "model", "concept", "status", "error"])
+
+
+def load_scores(root: Path, run_hashes: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate `scores.parquet` of complete runs (optionally only `run_hashes`), adding a `run_hash` column."""
+    wanted = None if run_hashes is None else set(run_hashes)
+    paths = [d / "scores.parquet" for d in _run_dirs(root)
+             if (d / "DONE").exists() and (wanted is None or d.name in wanted) and (d / "scores.parquet").is_file()]
+    frames = [pd.read_parquet(p).assign(run_hash=p.parent.name)
+              for p in tqdm(paths, desc="read scores", unit="run", disable=len(paths) < 20)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_samples(root: Path, run_hashes: list[str]) -> pd.DataFrame:
+    """Steered generations (`samples.json`: prompt, coeff, completion) of the given runs, with a `run_hash` column."""
+    rows = []
+    for h in run_hashes:
+        path = runs_dir(root) / h / "samples.json"
+        if path.is_file():
+            rows += [{**s, "run_hash": h} for s in _read_json(path)]
+    return pd.DataFrame(rows, columns=["run_hash", "prompt", "coeff", "completion"])

@@ -1,0 +1,105 @@
+"""Report figures (PNG, written atomically): Table-1 bar chart, dose-response, layer depth, side-effect heatmap.
+
+Figures are drawn on `matplotlib.figure.Figure` (no pyplot state, no GUI backend). Every plotted number
+carries its 95% CI (error bars or bands) and its n (seeds) in the legend or labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..io import atomic_write
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return Path(path)
+
+
+def _err(mean: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
+    """Asymmetric error-bar lengths; 0 where the interval is unknown (or, as a percentile CI can, excludes the mean)."""
+    return np.clip(np.nan_to_num(np.vstack([mean - lo, hi - mean]).astype(float), nan=0.0), 0.0, None)
+
+
+def bar_chart(table1_df: pd.DataFrame, path: Path) -> Path:
+    """Effect and Gain per method with 95% CIs (hatched: one seed or deterministic, CI within-run)."""
+    st = table1_df.attrs.get("stats", table1_df)
+    if "effect" not in st:
+        raise ValueError("bar_chart needs the frame returned by tables.table1 (its numbers live in attrs['stats'])")
+    fig = Figure(figsize=(10, 0.45 * len(st) + 1.6))
+    y = np.arange(len(st))
+    names = [f"{r.label} (n={r.n_seeds})" for r in st.itertuples()]
+    hatch = ["//" if b != "seeds" else "" for b in st["effect_basis"]]
+    for ax, m, title in zip(fig.subplots(1, 2, sharey=True), ("effect", "gain"), ("Effect (label-signed, per unit c)", "Gain")):
+        bars = ax.barh(y, st[m].fillna(0), xerr=_err(st[m], st[f"{m}_lo"], st[f"{m}_hi"]), color="tab:blue", alpha=0.7, capsize=3)
+        for b, h in zip(bars, hatch):
+            b.set_hatch(h)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{title}, mean ± 95% CI")
+        ax.set_yticks(y, names)
+    fig.axes[0].invert_yaxis()
+    fig.suptitle("n = seeds; hatched: one seed or identical seeds (the run's own CI; no bar = no CI)", fontsize=9)
+    return _save(fig, path)
+
+
+def dose_response_figure(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Label-signed effect and ΔNLL vs c, one line per method (curves from `report.dose_curves`), 95% CI bands."""
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for label, g in curves.groupby("label", sort=False):
+        g = g.sort_values("coeff")
+        name = f"{label} (n={int(g['n_seeds'].iloc[0])} seeds, {int(g['n_rows'].iloc[0])} rows)"
+        (line,) = ax1.plot(g["coeff"], g["signed_mean"], marker="o", label=name)
+        ax1.fill_between(g["coeff"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.15)
+        ax2.plot(g["coeff"], g["dnll"], marker="o", color=line.get_color())
+    ax1.set(xlabel="coefficient c", ylabel="label-signed log-ratio (mean, 95% CI)", title=f"Dose-response {title}")
+    ax2.set(xlabel="coefficient c", ylabel="ΔNLL vs c = 0 (nats/token)", title="Coherence cost")
+    for ax in (ax1, ax2):
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axvline(0, color="k", lw=0.4, ls=":")
+    ax1.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def layer_depth_figure(depth: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Effect and ΔNLL vs adapted depth fraction (depth presets), with the 'full' reference as a band."""
+    fig = Figure(figsize=(10, 4))
+    pts = depth[depth["preset"] != "full"].sort_values("value")
+    full = depth[depth["preset"] == "full"]
+    for ax, m, ylab in zip(fig.subplots(1, 2), ("effect", "dnll"), ("effect (mean, 95% CI)", "ΔNLL (mean, 95% CI)")):
+        ax.errorbar(pts["value"], pts[m], yerr=_err(pts[m], pts[f"{m}_lo"], pts[f"{m}_hi"]), marker="o", capsize=3, label="depth presets")
+        for r in pts.itertuples():
+            ax.annotate(f"{r.preset} (n={r.n_seeds})", (r.value, getattr(r, m)), fontsize=6, rotation=30)
+        if len(full):
+            f = full.iloc[0]
+            ax.axhline(f[m], color="tab:green", lw=1, label=f"full (n={f['n_seeds']})")
+            if np.isfinite(f[f"{m}_lo"]):
+                ax.axhspan(f[f"{m}_lo"], f[f"{m}_hi"], color="tab:green", alpha=0.12)
+        ax.set(xlabel="depth fraction of the loss layer / top adapted layer (1.0 = last 3 layers)", ylabel=ylab)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Layer depth {title}")
+    return _save(fig, path)
+
+
+def side_effect_heatmap(effects: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Methods × value dimensions heatmap of per-dim effects (rows/columns in the frame's order); '*' = significant."""
+    rows, cols = list(dict.fromkeys(effects["label"])), list(dict.fromkeys(effects["dim"]))
+    grid = effects.pivot(index="label", columns="dim", values="effect").reindex(index=rows, columns=cols)
+    sig = effects.pivot(index="label", columns="dim", values="significant").reindex(index=rows, columns=cols).fillna(False)
+    fig = Figure(figsize=(max(6, 0.35 * grid.shape[1] + 3), 0.5 * grid.shape[0] + 2.5))
+    ax = fig.subplots()
+    lim = float(np.nanmax(np.abs(grid.to_numpy()))) if np.isfinite(grid.to_numpy()).any() else 1.0
+    im = ax.imshow(grid.to_numpy(float), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    for (i, j), s in np.ndenumerate(sig.to_numpy(bool)):
+        if s:
+            ax.text(j, i, "*", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(grid.shape[0]), [f"{lab} (n={effects.loc[effects['label'] == lab, 'n_seeds'].iloc[0]} seeds)" for lab in grid.index])
+    fig.colorbar(im, ax=ax, label="effect per unit c (label-signed)")
+    ax.set_title(f"Effects across value dimensions {title}\n* = significant after BH-FDR (q < 0.05); first column = target")
+    return _save(fig, path)

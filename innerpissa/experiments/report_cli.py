@@ -1,0 +1,24 @@
+"""CLI command `innerpissa report` (registered on the app by importing this module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..cli import app
+
+
+@app.command()
+def report(
+    runs_root: Annotated[Path, typer.Argument(help="results root of `sweep`/`compare` (holding runs/<hash>/), or runs/ itself")],
+    out: Annotated[Path, typer.Option(help="output directory for tables, figures, report.md and report.html")] = Path("report"),
+) -> None:
+    """Build the paper report: Tables 1–2, ideas that failed, Figures 1–3, samples; markdown, LaTeX and one HTML file."""
+    from .report import build_report
+
+    with Console(stderr=True).status(f"building report from {runs_root}"):
+        page = build_report(runs_root, out)
+    typer.echo(f"report written to {out} (open {page} in a browser)")

@@ -1,0 +1,289 @@
+"""Paper tables from collected runs: Table 1 (methods), against the grain (c = −1 vs the dishonest prompt),
+Table 2 (ablations vs full) and ideas that failed.
+
+Each table function returns a display frame (formatted strings, every number with its CI and n) whose
+numbers live in `df.attrs["stats"]` (numeric, one row per display row); `write_table` saves that as the CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..io import atomic_write_text
+from .seedstats import LEVEL, drop, seed_aggregate
+
+METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", "lora", "dora", "pissa"]
+# target label dimension per dataset, used when summary.json does not name one ("target_dim")
+DEFAULT_TARGETS = {"dd-honesty": "Value/honesty", "truthfulqa": "truthfulqa/true"}
+TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect"]
+
+
+def _num(x: float) -> str:
+    if not np.isfinite(x):
+        return "–"
+    if float(x).is_integer() and abs(x) < 1e6:
+        return f"{x:.0f}"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+def fmt_p(p: float) -> str:
+    """p-value for tables: two significant digits, scientific below 1e-4."""
+    return "–" if not np.isfinite(p) else f"{p:.1e}" if p < 1e-4 else f"{p:.2g}"
+
+
+def fmt_ci(agg: dict) -> str:
+    """'m ± h' for a t-interval over seeds, 'm [lo, hi] (basis)' for a within-run interval, else flags no CI."""
+    m, lo, hi, basis = agg["mean"], agg["lo"], agg["hi"], agg["basis"]
+    if not np.isfinite(m):
+        return "–"
+    if basis == "seeds":
+        return f"{_num(m)} ± {_num((hi - lo) / 2)}"
+    if np.isfinite(lo) and np.isfinite(hi):
+        return f"{_num(m)} [{_num(lo)}, {_num(hi)}] ({basis})"
+    return f"{_num(m)} ({basis}, no CI)"
+
+
+def _flat(prefix: str, agg: dict) -> dict:
+    return {f"{prefix}_{k}" if k != "mean" else prefix: v for k, v in agg.items()}
+
+
+def _select(collected: pd.DataFrame, dataset: str, presets: bool) -> pd.DataFrame:
+    if dataset not in set(collected["dataset"]):
+        raise ValueError(f"no runs scored on dataset {dataset!r}; datasets present: {sorted(set(collected['dataset']))}")
+    runs = collected[(collected["dataset"] == dataset) & (collected["preset"].notna() == presets)]
+    for key in ("model", "concept"):
+        if runs[key].nunique(dropna=False) > 1:
+            raise ValueError(f"runs for several {key}s ({sorted(map(str, runs[key].unique()))}): report one {key} per results root")
+    return runs
+
+
+def variant_labels(runs: pd.DataFrame) -> pd.Series:
+    """Row label per run: the method name, plus the params that differ when a method has several configs."""
+    labels = pd.Series(runs["method"].astype(str), index=runs.index)
+    for method, g in runs.groupby("method"):
+        keys = sorted(g["params_key"].unique())
+        if len(keys) < 2:
+            continue
+        dicts = {k: json.loads(k) for k in keys}
+        differ = sorted({p for d in dicts.values() for p in d if len({json.dumps(e.get(p)) for e in dicts.values()}) > 1})
+        for k, d in dicts.items():
+            labels[g.index[g["params_key"] == k]] = f"{method} (" + ", ".join(f"{p}={d.get(p)}" for p in differ) + ")"
+    return labels
+
+
+def order_labels(labels: list[str]) -> list[str]:
+    """Method labels in the paper order (the method, then prompting, then the other baselines), variants sorted."""
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(labels, key=lambda s: (rank.get(s.split(" (")[0], len(rank)), s))
+
+
+def _n_text(n_seeds: int, rows: pd.Series, dilemmas: pd.Series | None = None) -> str:
+    seeds = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
+    r = pd.to_numeric(rows, errors="coerce").dropna()
+    rtxt = "" if r.empty else f", {int(r.min())}" + (f"–{int(r.max())}" if r.max() > r.min() else "") + " rows"
+    d = pd.to_numeric(dilemmas, errors="coerce").dropna() if dilemmas is not None else pd.Series(dtype=float)
+    return seeds + rtxt + ("" if d.empty else f" ({int(d.max())} dilemmas)")
+
+
+def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Table 1: each method (runs without a preset) as mean ± 95% CI over seeds on `dataset`.
+
+    t and p test the effect against 0 over seeds; a method with one seed (or identical seeds) shows its
+    within-run bootstrap CI and test instead and is marked. Numbers in `attrs["stats"]`."""
+    runs = _select(collected, dataset, presets=False)
+    if runs.empty:
+        raise ValueError(f"no method runs (preset = null) on {dataset!r}: run `innerpissa compare` first")
+    runs = runs.assign(label=variant_labels(runs))
+    stat_rows, rows = [], []
+    for label in order_labels(list(runs["label"].unique())):
+        g = runs[runs["label"] == label]
+        aggs = {m: seed_aggregate(g, m) for m in TABLE1_METRICS}
+        eff, yb = aggs["effect"], aggs["yesbias_effect"]
+        n_seeds = int(g["seed"].nunique())
+        st = {"label": label, "method": g["method"].iloc[0], "n_seeds": n_seeds,
+              "n_rows": pd.to_numeric(g.get("n_rows"), errors="coerce").max()}
+        for m, a in aggs.items():
+            st.update(_flat(m, a))
+        stat_rows.append(st)
+        one = " (1 seed)" if n_seeds == 1 else ""
+        rows.append({
+            "Method": label + one,
+            "n": _n_text(n_seeds, g.get("n_rows"), g.get("n_dilemmas")),
+            "Effect ± CI": fmt_ci(eff),
+            "t": "–" if not np.isfinite(eff["t"]) else f"{eff['t']:.2f}",
+            "p": fmt_p(eff["p"]),
+            "side effects": f"{fmt_ci(aggs['side_effect_mean_abs'])}; {fmt_ci(aggs['side_effect_n_sig'])} sig",
+            "ΔNLL": fmt_ci(aggs["dnll"]),
+            "Gain": fmt_ci(aggs["gain"]),
+            "coherent range": fmt_ci(aggs["coherent_range"]),
+            "Yes-bias-controlled effect": f"{fmt_ci(yb)} (p={fmt_p(yb['p'])})",
+        })
+    out = pd.DataFrame(rows)
+    out.attrs["stats"] = pd.DataFrame(stat_rows)
+    return out
+
+
+def target_dim(collected: pd.DataFrame, dataset: str) -> str:
+    """The label dimension the effect is signed by on `dataset` (summary's target_dim, else the default map)."""
+    if "target_dim" in collected:
+        named = collected.loc[collected["dataset"] == dataset, "target_dim"].dropna().unique()
+        if len(named):
+            return str(named[0])
+    if dataset not in DEFAULT_TARGETS:
+        raise ValueError(f"no target dimension known for dataset {dataset!r}: add 'target_dim' to its summary.json")
+    return DEFAULT_TARGETS[dataset]
+
+
+def _dilemma_ci(per_row: pd.DataFrame, col: str) -> dict:
+    """Mean of `col` over rows with a t-interval over dilemma means (rows of one dilemma are not independent)."""
+    by_dilemma = per_row.groupby("cluster")[col].mean().dropna().to_numpy()
+    if len(by_dilemma) < 2 or np.ptp(by_dilemma) == 0:
+        return {"mean": per_row[col].mean(), "lo": np.nan, "hi": np.nan, "p": np.nan, "n_rows": int(per_row[col].notna().sum()),
+                "n_dilemmas": len(by_dilemma)}
+    test = stats.ttest_1samp(by_dilemma, 0.0)
+    ci = test.confidence_interval(LEVEL)
+    return {"mean": per_row[col].mean(), "lo": ci.low, "hi": ci.high, "p": test.pvalue,
+            "n_rows": int(per_row[col].notna().sum()), "n_dilemmas": len(by_dilemma)}
+
+
+def _shifts(scores: pd.DataFrame, runs: pd.DataFrame, dataset: str, target: str) -> pd.DataFrame:
+    """Per (label, row): label-signed log-ratio at c = −1 minus at c = 0, averaged over the label's seeds."""
+    col = f"label:{target}"
+    s = scores[(scores["dataset"] == dataset) & scores["run_hash"].isin(runs["run_hash"])]
+    if col not in s:
+        raise ValueError(f"scores for {dataset!r} have no column {col!r}: cannot sign the effect")
+    s = s[s["coeff"].isin([-1.0, 0.0])].assign(signed=lambda x: x["logratio"] * x[col])
+    wide = s.pivot_table(index=["run_hash", "row_id"], columns="coeff", values="signed", aggfunc="mean")
+    if -1.0 not in wide or 0.0 not in wide:
+        raise ValueError(f"against-the-grain needs scores at c = -1 and c = 0 on {dataset!r}")
+    shift = (wide[-1.0] - wide[0.0]).rename("shift").reset_index()
+    cluster = s.drop_duplicates("row_id").set_index("row_id")["dilemma_id"] if "dilemma_id" in s else None
+    shift["cluster"] = shift["row_id"].map(cluster) if cluster is not None else shift["row_id"]
+    shift["cluster"] = shift["cluster"].fillna(shift["row_id"])
+    shift["label"] = shift["run_hash"].map(runs.set_index("run_hash")["label"])
+    return shift.groupby(["label", "row_id", "cluster"], as_index=False)["shift"].mean()
+
+
+def against_the_grain(collected: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Each method at c = −1 vs the dishonest prompt: label-signed mean at c = −1 minus c = 0 (negative = pushed
+    against the honest label), with a 95% CI over dilemmas, and the paired difference to `prompt` at −1."""
+    if scores.empty or "run_hash" not in scores:
+        raise ValueError("against-the-grain needs per-row scores with a run_hash column (use collect.load_scores)")
+    rows, stat_rows = [], []
+    for dataset in sorted(set(scores["dataset"]) & set(collected["dataset"])):
+        runs = _select(collected, dataset, presets=False)
+        runs = runs.assign(label=variant_labels(runs))
+        shift = _shifts(scores, runs, dataset, target_dim(collected, dataset))
+        prompts = order_labels([lab for lab in shift["label"].unique() if lab.split(" (")[0] == "prompt"])
+        ref = shift[shift["label"] == prompts[0]].set_index("row_id")["shift"] if prompts else None
+        for label in order_labels(list(shift["label"].unique())):
+            per_row = shift[shift["label"] == label].copy()
+            a = _dilemma_ci(per_row, "shift")
+            st = {"dataset": dataset, "label": label, "n_seeds": int(runs.loc[runs["label"] == label, "seed"].nunique()),
+                  **_flat("shift", {k: a[k] for k in ("mean", "lo", "hi", "p")}), "n_rows": a["n_rows"], "n_dilemmas": a["n_dilemmas"]}
+            vs = "–"
+            if ref is not None and label != prompts[0]:
+                per_row["vs_prompt"] = per_row["shift"] - per_row["row_id"].map(ref)
+                b = _dilemma_ci(per_row.dropna(subset=["vs_prompt"]), "vs_prompt")
+                st.update(_flat("vs_prompt", {k: b[k] for k in ("mean", "lo", "hi", "p")}))
+                vs = f"{_num(b['mean'])} [{_num(b['lo'])}, {_num(b['hi'])}] (p={fmt_p(b['p'])})"
+            stat_rows.append(st)
+            rows.append({"dataset": dataset, "Method": label,
+                         "n": f"{st['n_seeds']} seed{'s' if st['n_seeds'] != 1 else ''}, {a['n_rows']} rows ({a['n_dilemmas']} dilemmas)",
+                         "shift at c = −1 [95% CI]": f"{_num(a['mean'])} [{_num(a['lo'])}, {_num(a['hi'])}] (p={fmt_p(a['p'])})",
+                         f"minus {prompts[0] if prompts else 'prompt'} at c = −1": vs})
+    out = pd.DataFrame(rows)
+    out.attrs["stats"] = pd.DataFrame(stat_rows)
+    return out
+
+
+def _ablation_stats(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    runs = _select(collected, dataset, presets=True)
+    if "full" not in set(runs["preset"]):
+        raise ValueError(f"no runs with preset 'full' on {dataset!r}: the ablation table needs it as the reference")
+    full = runs[runs["preset"] == "full"]
+    rows = []
+    for preset in ["full"] + sorted(set(runs["preset"]) - {"full"}):
+        g = runs[runs["preset"] == preset]
+        st = {"preset": preset, "n_seeds": int(g["seed"].nunique()), "n_rows": pd.to_numeric(g.get("n_rows"), errors="coerce").max()}
+        for m in ("effect", "gain", "dnll"):
+            st.update(_flat(m, seed_aggregate(g, m)))
+        for m in ("effect", "gain"):
+            st.update(_flat(f"drop_{m}", drop(full, g, m) if preset != "full" else {"mean": np.nan, "basis": "reference"}))
+        rows.append(st)
+    return pd.DataFrame(rows)
+
+
+def _agg_of(st: pd.Series, m: str) -> dict:
+    return {"mean": st[m], "lo": st.get(f"{m}_lo", np.nan), "hi": st.get(f"{m}_hi", np.nan), "basis": st.get(f"{m}_basis", "none")}
+
+
+def _drop_cell(st: pd.Series, m: str) -> str:
+    a = _agg_of(st, f"drop_{m}")
+    if a["basis"] == "reference":
+        return "(reference)"
+    ci = f" [{_num(a['lo'])}, {_num(a['hi'])}]" if np.isfinite(a["lo"]) else " (no CI)"
+    return f"{_num(a['mean'])}{ci}"
+
+
+def table2_ablations(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Table 2: each ablation preset vs 'full' (effect, Gain, ΔNLL; drop = full − preset, positive = the
+    ablation is worse) with 95% CIs and n seeds. Numbers in `attrs["stats"]`."""
+    st = _ablation_stats(collected, dataset)
+    rows = [{"Preset": r["preset"] + (" (1 seed)" if r["n_seeds"] == 1 else ""),
+             "n": _n_text(r["n_seeds"], pd.Series([r["n_rows"]])),
+             "Effect ± CI": fmt_ci(_agg_of(r, "effect")), "Gain": fmt_ci(_agg_of(r, "gain")), "ΔNLL": fmt_ci(_agg_of(r, "dnll")),
+             "drop vs full (effect)": _drop_cell(r, "effect"), "drop vs full (Gain)": _drop_cell(r, "gain"),
+             "drop CI basis": r["drop_effect_basis"]} for _, r in st.iterrows()]
+    out = pd.DataFrame(rows)
+    out.attrs["stats"] = st
+    return out
+
+
+def ideas_that_failed(collected: pd.DataFrame, dataset: str, metric: str = "gain") -> pd.DataFrame:
+    """Ablations that lost to 'full' on `metric` (drop > 0), worst first, with numbers and whether the CI excludes 0."""
+    st = _ablation_stats(collected, dataset)
+    full = st[st["preset"] == "full"].iloc[0]
+    lost = st[(st["preset"] != "full") & (st[f"drop_{metric}"] > 0)].sort_values(f"drop_{metric}", ascending=False)
+    rows = [{"Preset": r["preset"], "n seeds (preset / full)": f"{r['n_seeds']} / {full['n_seeds']}",
+             f"{metric} full": fmt_ci(_agg_of(full, metric)), f"{metric} preset": fmt_ci(_agg_of(r, metric)),
+             f"drop in {metric} [95% CI]": _drop_cell(r, metric),
+             "CI excludes 0": "yes" if r[f"drop_{metric}_lo"] > 0 else "no"} for _, r in lost.iterrows()]
+    out = pd.DataFrame(rows, columns=["Preset", "n seeds (preset / full)", f"{metric} full", f"{metric} preset",
+                                      f"drop in {metric} [95% CI]", "CI excludes 0"])
+    out.attrs["stats"] = lost.reset_index(drop=True)
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """GitHub pipe table of a display frame (index dropped, pipes escaped)."""
+    def cell(x: object) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX = {"±": r"$\pm$", "Δ": r"$\Delta$", "−": "-", "–": "--", "∩": r"$\cap$", "≥": r"$\geq$"}
+
+
+def to_latex(df: pd.DataFrame) -> str:
+    """booktabs LaTeX table of a display frame (special characters escaped, unicode maths made LaTeX)."""
+    tex = df.to_latex(index=False, escape=True)
+    for k, v in _LATEX.items():
+        tex = tex.replace(k, v)
+    return tex
+
+
+def write_table(df: pd.DataFrame, out_stem: Path) -> None:
+    """Write `out_stem`.md and .tex (display) and .csv (the numeric `attrs['stats']` when present), atomically."""
+    out_stem = Path(out_stem)
+    atomic_write_text(out_stem.parent / f"{out_stem.name}.md", to_markdown(df))
+    atomic_write_text(out_stem.parent / f"{out_stem.name}.tex", to_latex(df))
+    atomic_write_text(out_stem.parent / f"{out_stem.name}.csv", df.attrs.get("stats", df).to_csv(index=False))
