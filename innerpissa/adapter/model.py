@@ -1,0 +1,226 @@
+"""Put InnerPiSSA layers into an HF model, steer it, fold it into plain weights, save and reload it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..config import AdapterConfig
+from ..io import atomic_save_tensors, atomic_write_json
+from ..models import decoder_layers, model_id, select_layers
+from .layer import InnerPiSSALinear, contrast_dims
+
+ADAPTER_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+class AdapterMismatchError(ValueError):
+    """The saved adapter was made for a different base model."""
+
+
+def target_names(model: PreTrainedModel, cfg: AdapterConfig) -> list[str]:
+    """Full module names to adapt; unknown module names raise with the list of valid ones."""
+    layers = decoder_layers(model)
+    prefix = _layers_prefix(model)
+    idx = select_layers(len(layers), cfg.layers, cfg.layer_range)
+    valid = sorted({n.split(".")[-1] for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)})
+    unknown = [t for t in cfg.target_modules if t not in valid]
+    if unknown:
+        raise ValueError(f"unknown target module(s) {unknown}; valid linear modules: {', '.join(valid)}")
+    names = []
+    for i in idx:
+        for n, m in layers[i].named_modules():
+            if isinstance(m, (nn.Linear, InnerPiSSALinear)) and n.split(".")[-1] in cfg.target_modules:
+                names.append(f"{prefix}.{i}.{n}")
+    return names
+
+
+def _layers_prefix(model: nn.Module) -> str:
+    layers = decoder_layers(model)
+    return next(n for n, m in model.named_modules() if m is layers)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def adapter_layers(model: nn.Module) -> dict[str, InnerPiSSALinear]:
+    """All InnerPiSSA layers in the model, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, InnerPiSSALinear)}
+
+
+def attach(
+    model: PreTrainedModel,
+    cfg: AdapterConfig,
+    contrast: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    frozen: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, InnerPiSSALinear]:
+    """Replace each target nn.Linear by an InnerPiSSALinear (base frozen, adapter params trainable).
+
+    `contrast` maps module name -> (chosen inputs, rejected inputs) for `cfg.dims == "data"`;
+    `frozen` gives saved U/S/V per module (used by `load_adapter`, skips the SVD).
+    """
+    if adapter_layers(model):
+        raise ValueError("model already has InnerPiSSA layers; call remove(model) first")
+    names = target_names(model, cfg)
+    if cfg.dims == "data" and frozen is None and (contrast is None or set(contrast) < set(names)):
+        raise ValueError("dims='data' needs contrast activations for every target module (see collect_module_inputs)")
+    out = {}
+    for name in names:
+        base = model.get_submodule(name)
+        dims = None
+        if cfg.dims == "data" and frozen is None:
+            U, S, Vh = torch.linalg.svd(base.weight.detach().float(), full_matrices=False)
+            dims = contrast_dims(S, Vh.T, *contrast[name], cfg.r)
+        layer = InnerPiSSALinear(base, cfg, dims=dims, frozen=None if frozen is None else frozen[name])
+        layer.to(base.weight.device)
+        _set(model, name, layer)
+        out[name] = layer
+    model.requires_grad_(False)
+    for layer in out.values():
+        for p in (layer.P_v, layer.P_u, layer.lam):
+            if p is not None:
+                p.requires_grad_(True)
+    return out
+
+
+def remove(model: PreTrainedModel) -> None:
+    """Restore the original nn.Linear modules (the model is exactly the base model again)."""
+    for name, layer in adapter_layers(model).items():
+        _set(model, name, layer.base_layer)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The adapter's learnable tensors (rotation generators and singular-value parameters)."""
+    return [p for layer in adapter_layers(model).values() for p in (layer.P_v, layer.P_u, layer.lam) if p is not None]
+
+
+@contextlib.contextmanager
+def steer(model: nn.Module, c: float) -> Iterator[None]:
+    """Every forward inside runs with coefficient c; the previous coefficients come back on exit."""
+    layers = list(adapter_layers(model).values())
+    if not layers:
+        raise ValueError("model has no InnerPiSSA layers: attach or load an adapter first")
+    prev = [layer.coeff for layer in layers]
+    for layer in layers:
+        layer.coeff = float(c)
+    try:
+        yield
+    finally:
+        for layer, p in zip(layers, prev):
+            layer.coeff = p
+
+
+@torch.no_grad()
+def merge(model: PreTrainedModel, c: float) -> PreTrainedModel:
+    """Fold the adapter at coefficient c into plain nn.Linear weights, in place; returns the model."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError("model has no InnerPiSSA layers to merge")
+    for name, layer in layers.items():
+        W = layer.base_layer.weight
+        W.copy_((W.float() + layer.delta_weight(c)).to(W.dtype))
+        _set(model, name, layer.base_layer)
+    return model
+
+
+def fingerprint(model: PreTrainedModel, names: list[str]) -> dict:
+    """Identify the base model: its name, layer count, target shapes and a sha256 of the target weights."""
+    h = hashlib.sha256()
+    shapes = {}
+    for n in names:
+        m = model.get_submodule(n)
+        w = (m.base_layer if isinstance(m, InnerPiSSALinear) else m).weight
+        shapes[n] = list(w.shape)
+        h.update(w.detach().float().cpu().numpy().tobytes())
+    return {
+        "model": model_id(model),
+        "n_layers": len(decoder_layers(model)),
+        "hidden_size": getattr(model.config, "hidden_size", None),
+        "shapes": shapes,
+        "weights_sha256": h.hexdigest(),
+    }
+
+
+def save_adapter(model: PreTrainedModel, path: str | Path, extra: dict | None = None) -> None:
+    """Write adapter.safetensors (params + U/S/V, bit-exact) and adapter_config.json (config + fingerprint)."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError("model has no InnerPiSSA layers to save")
+    path = Path(path)
+    tensors = {}
+    for name, layer in layers.items():
+        for key in ("U", "S", "V", "P_v", "P_u", "lam"):
+            t = getattr(layer, key)
+            if t is not None:
+                tensors[f"{name}.{key}"] = t
+    cfg = next(iter(layers.values())).cfg
+    atomic_save_tensors(tensors, path / ADAPTER_FILE)
+    atomic_write_json(path / CONFIG_FILE, {
+        "adapter": cfg.model_dump(mode="json"),
+        "modules": list(layers),
+        "fingerprint": fingerprint(model, list(layers)),
+        **(extra or {}),
+    })
+
+
+def load_adapter(model: PreTrainedModel, path: str | Path) -> dict[str, InnerPiSSALinear]:
+    """Attach a saved adapter to `model`; fails with AdapterMismatchError if made for another base model."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / ADAPTER_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}/{ADAPTER_FILE}; pass a directory written by `innerpissa train`")
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    cfg = AdapterConfig(**meta["adapter"])
+    names = meta["modules"]
+    try:
+        fp = fingerprint(model, names)
+    except AttributeError:
+        fp = {"shapes": None}
+    saved = meta["fingerprint"]
+    if fp.get("shapes") != saved["shapes"] or fp.get("weights_sha256") != saved["weights_sha256"]:
+        raise AdapterMismatchError(
+            f"adapter in {path} was trained on base model {saved['model']!r} (weights sha256 "
+            f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
+        )
+    tensors = load_file(str(path / ADAPTER_FILE))
+    frozen = {n: {k: tensors[f"{n}.{k}"] for k in ("U", "S", "V")} for n in names}
+    layers = attach(model, cfg, frozen=frozen)
+    if sorted(layers) != sorted(names):
+        remove(model)
+        raise AdapterMismatchError(f"adapter in {path} targets modules this model does not have")
+    with torch.no_grad():
+        for n, layer in layers.items():
+            for key in ("P_v", "P_u", "lam"):
+                p = getattr(layer, key)
+                if p is not None:
+                    p.copy_(tensors[f"{n}.{key}"])
+    return layers
+
+
+def collect_module_inputs(
+    model: PreTrainedModel, names: list[str], batch_inputs: dict[str, torch.Tensor], n_pos: int, last_n: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Inputs to each named module at the last `last_n` tokens; rows [:n_pos] chosen, [n_pos:] rejected."""
+    store: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda mod, args, out, n=n: store.__setitem__(n, args[0][:, -last_n:].detach().float())
+        )
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            model(**batch_inputs, logits_to_keep=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (x[:n_pos], x[n_pos:]) for n, x in store.items()}

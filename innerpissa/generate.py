@@ -1,0 +1,36 @@
+"""Greedy steered generation at several coefficients (side-by-side samples for humans)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .batching import encode
+from .steerers.base import Steerer
+
+
+@torch.no_grad()
+def generate_table(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    steerer: Steerer,
+    prompts: Sequence[str],
+    coeffs: Sequence[float] = (-1.0, 0.0, 1.0),
+    max_new_tokens: int = 48,
+) -> pd.DataFrame:
+    """Greedy completions of each user prompt at each coefficient: DataFrame[prompt, coeff, completion]."""
+    rows = []
+    for c in coeffs:
+        convs = [steerer.messages([{"role": "user", "content": p}], c) for p in prompts]
+        b = encode(tok, convs).to(model.device)
+        with steerer.steer(model, c):
+            out = model.generate(
+                input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=tok.pad_token_id,
+            )
+        for p, seq in zip(prompts, out[:, b.input_ids.shape[1]:]):
+            rows.append({"prompt": p, "coeff": float(c), "completion": tok.decode(seq, skip_special_tokens=True).strip()})
+    return pd.DataFrame(rows)

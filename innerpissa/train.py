@@ -1,0 +1,418 @@
+"""Train an InnerPiSSA adapter with ReprPO, top to bottom.
+
+1. Reference pass (adapter off, once): hidden states at the loss layer (last N tokens, in the loss
+   basis) and per-token log-probs of the suffix, for every pair used. The base model is frozen, so
+   these never change; caching them saves one forward per step.
+2. Preference direction u = normalised mean chosen−rejected difference of the cached states.
+3. Each step, for c = +1 and c = −1: steered forward on chosen+rejected, then
+   separation (move the projection on u up at +1, down at −1) + coherence barrier (per-token NLL
+   increase over the reference beyond τ, on that coefficient's "positive" sequence) + monotonic
+   hinge on the answer log-prob gap across c = −1, 0, +1.
+4. Validate, early-stop on the validation loss, checkpoint atomically, and finally orient the sign
+   on validation pairs so +c moves toward the positive persona.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from . import loss as L
+from .adapter import attach, collect_module_inputs, steer, trainable_parameters
+from .batching import Batch, encode_pairs
+from .concepts import ContrastPairs
+from .config import AdapterConfig, LossConfig, TrainConfig
+from .io import atomic_save_tensors, atomic_write_json
+from .models import decoder_layers
+
+TERMS = ("sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN/inf; the adapter was rolled back to the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What training produced: per-step log, best validation step, whether the sign was flipped."""
+
+    history: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    best_val: float = math.inf
+    sign_flipped: bool = False
+    val_shift: float = 0.0  # mean projection(+1) − projection(−1) on validation pairs, after orientation
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda if available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loss_basis(model: PreTrainedModel, cfg: LossConfig) -> tuple[int, torch.Tensor]:
+    """(loss layer index, basis [d, k]): top-r left singular vectors U of the loss-layer modules, stacked."""
+    layers = decoder_layers(model)
+    li = round(cfg.loss_layer_frac * (len(layers) - 1))
+    bases = []
+    for n, m in layers[li].named_modules():
+        if n.split(".")[-1] in cfg.loss_modules:
+            W = (m.base_layer if hasattr(m, "base_layer") else m).weight.detach().float()
+            U, _, _ = torch.linalg.svd(W, full_matrices=False)
+            bases.append(U[:, : cfg.loss_r])
+    if not bases:
+        raise ValueError(f"no loss modules {cfg.loss_modules} in layer {li}")
+    return li, torch.cat(bases, 1)
+
+
+@contextlib.contextmanager
+def capture(layer: nn.Module, last_n: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, `store["h"]` holds the output hidden state of `layer` at the last N tokens."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(mod: nn.Module, args: tuple, out: torch.Tensor | tuple) -> None:
+        store["h"] = (out[0] if isinstance(out, tuple) else out)[:, -last_n:]
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def forward_terms(
+    model: PreTrainedModel, batch: Batch, layer: nn.Module, last_n: int, basis: torch.Tensor, tc: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: (loss-layer states in the basis [2B, N, k], per-token suffix NLL [2B, tc])."""
+    with capture(layer, last_n) as store:
+        out = model(**batch.model_inputs(), logits_to_keep=tc + 1)
+    nll = L.token_nll(out.logits[:, :-1], batch.input_ids[:, -tc:])
+    return store["h"].float() @ basis, nll
+
+
+@dataclass
+class _Cache:
+    """Reference (adapter-off) quantities per pair, right-aligned on the suffix tokens."""
+
+    hs: torch.Tensor  # [2n, N, k]
+    nll: torch.Tensor  # [2n, tcmax]
+    mask: torch.Tensor  # [2n, tcmax]
+
+
+def _tc(batch: Batch) -> int:
+    """Number of trailing positions that cover every row's suffix tokens."""
+    T = batch.completion_mask.shape[1]
+    first = batch.completion_mask.float().argmax(1)
+    return int(T - first.min().item())
+
+
+class Trainer:
+    """Holds the model, data, caches and optimizer; `run()` trains and returns a TrainResult."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tok: PreTrainedTokenizerBase,
+        train_pairs: ContrastPairs,
+        val_pairs: ContrastPairs,
+        adapter_cfg: AdapterConfig,
+        loss_cfg: LossConfig,
+        train_cfg: TrainConfig,
+        ckpt_dir: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model, self.tok = model, tok
+        self.acfg, self.lcfg, self.tcfg = adapter_cfg, loss_cfg, train_cfg
+        self.ckpt_dir, self.progress = ckpt_dir, progress
+        self.device = pick_device(train_cfg.device)
+        seed_everything(train_cfg.seed)
+        n_train = min(len(train_pairs), train_cfg.n_train or len(train_pairs))
+        self.train_pairs = train_pairs.subset(list(range(n_train)))
+        self.val_pairs = val_pairs.subset(list(range(min(len(val_pairs), train_cfg.n_val))))
+        self.li, self.basis = loss_basis(model, loss_cfg)
+        self.basis = self.basis.to(self.device)
+        self.loss_layer = decoder_layers(model)[self.li]
+        self.autocast = train_cfg.bf16 and self.device.type == "cuda"
+
+    # ---- data ------------------------------------------------------------------------------
+    def _encode(self, pairs: ContrastPairs, idx: list[int]) -> Batch:
+        return encode_pairs(self.tok, pairs.subset(idx), self.tcfg.max_length).to(self.device)
+
+    def _batches(self, n: int) -> list[list[int]]:
+        """Deterministic micro-batch index lists for the whole run (a function of the seed only)."""
+        g = torch.Generator().manual_seed(self.tcfg.seed)
+        need = self.tcfg.steps * self.tcfg.grad_accum
+        bs = min(self.tcfg.batch_size, n)
+        out: list[list[int]] = []
+        while len(out) < need:
+            perm = torch.randperm(n, generator=g).tolist()
+            out += [perm[i: i + bs] for i in range(0, n - bs + 1, bs)]
+        return out[:need]
+
+    @torch.no_grad()
+    def _reference(self, pairs: ContrastPairs, idx: list[int]) -> _Cache:
+        """Adapter-off states and NLLs for pairs `idx` (rows: chosen then rejected)."""
+        b = self._encode(pairs, idx)
+        tc = _tc(b)
+        with self._ctx(0.0):
+            hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
+        return _Cache(hs, nll, b.completion_mask[:, -tc:].float())
+
+    def _ctx(self, c: float) -> contextlib.AbstractContextManager:
+        return steer(self.model, c) if trainable_parameters(self.model) else contextlib.nullcontext()
+
+    def _ref_for(self, idx: list[int], cache: dict[int, tuple] | None, pairs: ContrastPairs, tc: int) -> _Cache:
+        """Reference for a micro-batch: from the cache (right-aligned to tc) or recomputed now."""
+        if cache is None:
+            return self._reference(pairs, idx)
+        n = len(idx)
+        rows = [cache[i] for i in idx]
+        hs = torch.stack([r[0] for r in rows] + [r[3] for r in rows])
+        nll = torch.zeros(2 * n, tc, device=self.device)
+        mask = torch.zeros(2 * n, tc, device=self.device)
+        for j, r in enumerate(rows):
+            for side, (v, m) in enumerate(((r[1], r[2]), (r[4], r[5]))):
+                k = min(tc, v.numel())
+                nll[side * n + j, tc - k:] = v[-k:]
+                mask[side * n + j, tc - k:] = m[-k:]
+        return _Cache(hs, nll, mask)
+
+    def _build_cache(self, pairs: ContrastPairs, idx: list[int]) -> dict[int, tuple]:
+        """Per-pair reference tensors: (hs_cho, nll_cho, mask_cho, hs_rej, nll_rej, mask_rej)."""
+        out = {}
+        bs = 16
+        for s in tqdm(range(0, len(idx), bs), desc="reference cache", disable=not self.progress, leave=False):
+            chunk = idx[s: s + bs]
+            ref = self._reference(pairs, chunk)
+            n = len(chunk)
+            for j, i in enumerate(chunk):
+                mc, mr = ref.mask[j].bool(), ref.mask[n + j].bool()
+                start_c = int(mc.float().argmax()) if mc.any() else ref.mask.shape[1]
+                start_r = int(mr.float().argmax()) if mr.any() else ref.mask.shape[1]
+                out[i] = (ref.hs[j], ref.nll[j, start_c:], ref.mask[j, start_c:],
+                          ref.hs[n + j], ref.nll[n + j, start_r:], ref.mask[n + j, start_r:])
+        return out
+
+    # ---- loss ------------------------------------------------------------------------------
+    def step_loss(self, b: Batch, ref: _Cache, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total ReprPO loss for one micro-batch (rows: chosen then rejected) and its logged terms."""
+        lc, n = self.lcfg, len(b) // 2
+        tc = ref.nll.shape[1]
+        mask = b.completion_mask[:, -tc:].float()
+        proj_ref = L.projection(ref.hs[:n], ref.hs[n:], u)
+        d_zero = (L.seq_logp(ref.nll[:n], ref.mask[:n]) - L.seq_logp(ref.nll[n:], ref.mask[n:])).mean()
+        terms: dict[str, torch.Tensor] = {}
+        logged: dict[str, float] = {}
+        d: dict[float, torch.Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        for c, tag in ((1.0, "pos"), (-1.0, "neg")):
+            with self._ctx(c), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
+            proj = L.projection(hs[:n], hs[n:], u)
+            logged[f"shift_{tag}"] = float((proj - proj_ref).mean().detach())
+            terms[f"sep_{tag}"] = L.separation(proj, proj_ref, c) if lc.separation else zero
+            rows = slice(0, n) if c > 0 else slice(n, 2 * n)  # this coefficient's "positive" sequence
+            terms[f"coh_{tag}"] = L.coherence(nll[rows], ref.nll[rows], mask[rows], lc.tau) if lc.coherence else zero
+            d[c] = (L.seq_logp(nll[:n], mask[:n]) - L.seq_logp(nll[n:], mask[n:])).mean()
+        terms["mono"] = L.monotonic(d[-1.0], d_zero, d[1.0], lc.mono_margin) if lc.monotonic else zero
+        w_pos, w_neg = L.adaptive_weights(terms["sep_pos"], terms["sep_neg"]) if lc.adaptive else (1.0, 1.0)
+        total = (
+            lc.sep_weight * (terms["sep_pos"] + terms["sep_neg"])
+            + lc.coh_weight * (w_pos * terms["coh_pos"] + w_neg * terms["coh_neg"])
+            + lc.mono_weight * terms["mono"]
+        )
+        for k, v in terms.items():
+            logged[k] = float(v.detach())
+            if not math.isfinite(logged[k]):
+                raise TrainingDiverged(f"loss term {k!r} became {logged[k]}")
+        logged["loss"] = float(total.detach())
+        return total, logged
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _state(self, step: int, result: TrainResult) -> tuple[dict[str, torch.Tensor], dict]:
+        params = trainable_parameters(self.model)
+        tensors = {f"param.{i}": p for i, p in enumerate(params)}
+        tensors.update({f"best.{i}": t for i, t in enumerate(self.best_params)})
+        opt = self.opt.state_dict()
+        for i, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        meta = {
+            "step": step,
+            "param_groups": opt["param_groups"],
+            "scheduler": self.sched.state_dict(),
+            "history": result.history,
+            "best_step": result.best_step,
+            "best_val": result.best_val,
+            "bad_evals": self.bad_evals,
+        }
+        return tensors, meta
+
+    def save_checkpoint(self, step: int, result: TrainResult) -> None:
+        """Adapter, best adapter, optimizer, scheduler, step and log; atomic (tensors then meta)."""
+        if self.ckpt_dir is None:
+            return
+        tensors, meta = self._state(step, result)
+        atomic_save_tensors(tensors, self.ckpt_dir / "checkpoint.safetensors")
+        atomic_write_json(self.ckpt_dir / "checkpoint.json", meta)
+
+    def load_checkpoint(self, result: TrainResult) -> int:
+        """Restore the state written by save_checkpoint; returns the step to continue from."""
+        meta = json.loads((self.ckpt_dir / "checkpoint.json").read_text())
+        tensors = load_file(str(self.ckpt_dir / "checkpoint.safetensors"))
+        params = trainable_parameters(self.model)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(tensors[f"param.{i}"])
+        self.best_params = [tensors[f"best.{i}"].to(self.device) for i in range(len(params))]
+        state = {}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, i, k = key.split(".", 2)
+                state.setdefault(int(i), {})[k] = v.to(self.device) if k != "step" else v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.sched.load_state_dict(meta["scheduler"])
+        result.history = meta["history"]
+        result.best_step, result.best_val = meta["best_step"], meta["best_val"]
+        self.bad_evals = meta["bad_evals"]
+        return int(meta["step"])
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _make_optimizer(self) -> None:
+        tc = self.tcfg
+        params = trainable_parameters(self.model)
+        self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        if tc.schedule == "onecycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(
+                self.opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.1, cycle_momentum=False
+            )
+        elif tc.schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=tc.steps)
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
+
+    @torch.no_grad()
+    def validate(self, u: torch.Tensor) -> tuple[float, float]:
+        """(validation loss, mean projection shift +1 vs −1) on the validation pairs."""
+        idx = list(range(len(self.val_pairs)))
+        b = self._encode(self.val_pairs, idx)
+        ref = self._ref_for(idx, self.val_cache, self.val_pairs, _tc(b))
+        total, logged = self.step_loss(b, ref, u)
+        return float(total), logged["shift_pos"] - logged["shift_neg"]
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train for `steps` optimizer steps (or until early stopping); `stop_after` simulates a crash."""
+        tc = self.tcfg
+        result = TrainResult()
+        batches = self._batches(len(self.train_pairs))
+        used = sorted({i for b in batches for i in b})
+        ref_cache = self._build_cache(self.train_pairs, used)
+        self.u = L.preference_direction(torch.stack([r[0] - r[3] for r in ref_cache.values()]), self.lcfg.direction_topk)
+        cache = ref_cache if tc.cache_reference else None  # without: recompute the reference every step
+        self.val_cache = self._build_cache(self.val_pairs, list(range(len(self.val_pairs))))
+        if not trainable_parameters(self.model):
+            contrast = None
+            if self.acfg.dims == "data":
+                from .adapter import target_names
+
+                b = self._encode(self.train_pairs, used[:64])
+                contrast = collect_module_inputs(
+                    self.model, target_names(self.model, self.acfg), b.model_inputs(), len(b) // 2,
+                    self.lcfg.last_n_tokens,
+                )
+            attach(self.model, self.acfg, contrast=contrast)
+        self._make_optimizer()
+        self.best_params = [p.detach().clone() for p in trainable_parameters(self.model)]
+        self.bad_evals = 0
+        start = 0
+        if resume and self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
+            start = self.load_checkpoint(result)
+        bar = tqdm(range(start, tc.steps), desc="train", disable=not self.progress, initial=start, total=tc.steps)
+        for step in bar:
+            if stop_after is not None and step >= stop_after:
+                break
+            self.opt.zero_grad(set_to_none=True)
+            logs = []
+            try:
+                for k in range(tc.grad_accum):
+                    idx = batches[step * tc.grad_accum + k]
+                    b = self._encode(self.train_pairs, idx)
+                    ref = self._ref_for(idx, cache, self.train_pairs, _tc(b))
+                    total, logged = self.step_loss(b, ref, self.u)
+                    (total / tc.grad_accum).backward()
+                    logs.append(logged)
+            except TrainingDiverged as e:
+                if self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
+                    self.load_checkpoint(result)
+                raise TrainingDiverged(f"{e} at step {step}; adapter rolled back to the last good checkpoint") from None
+            self.opt.step()
+            self.sched.step()
+            row = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
+            row.update(step=step + 1, lr=self.sched.get_last_lr()[0])
+            if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
+                row["val_loss"], row["val_shift"] = self.validate(self.u)
+                if row["val_loss"] < result.best_val:
+                    result.best_val, result.best_step = row["val_loss"], step + 1
+                    self.best_params = [p.detach().clone() for p in trainable_parameters(self.model)]
+                    self.bad_evals = 0
+                else:
+                    self.bad_evals += 1
+            result.history.append(row)
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono")})
+            if (step + 1) % tc.checkpoint_every == 0:
+                self.save_checkpoint(step + 1, result)
+            if tc.patience is not None and self.bad_evals >= tc.patience:
+                break
+        if stop_after is not None and stop_after < tc.steps:
+            return result
+        with torch.no_grad():
+            for p, best in zip(trainable_parameters(self.model), self.best_params):
+                p.copy_(best)
+        self.orient(result)
+        return result
+
+    @torch.no_grad()
+    def orient(self, result: TrainResult) -> None:
+        """Flip the adapter (negate its parameters: exactly c -> −c) if +c moves validation pairs the wrong way."""
+        _, shift = self.validate(self.u)
+        if shift < 0:
+            for p in trainable_parameters(self.model):
+                p.neg_()
+            shift = -shift
+            result.sign_flipped = True
+        result.val_shift = shift
+
+
+def train(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    train_pairs: ContrastPairs,
+    val_pairs: ContrastPairs,
+    adapter_cfg: AdapterConfig = AdapterConfig(),
+    loss_cfg: LossConfig = LossConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    ckpt_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Attach an InnerPiSSA adapter to `model` and train it with ReprPO; the model keeps the adapter."""
+    trainer = Trainer(model, tok, train_pairs, val_pairs, adapter_cfg, loss_cfg, train_cfg, ckpt_dir, progress)
+    return trainer.run(resume=resume)
