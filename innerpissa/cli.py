@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import pydantic
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -36,4 +38,130 @@ def main() -> None:
 
 # --- commands are registered below by their modules (one import per command) ---
 
+def _coeffs(values: list[float] | None, default: tuple[float, ...] = (-1.0, 0.0, 1.0)) -> list[float]:
+    return list(values) if values else list(default)
+
+
+@app.command()
+def train(
+    concept: str = typer.Option("honesty", help="built-in concept name or path to a YAML spec"),
+    model: str = typer.Option("smollm2-135m", help="smollm2-135m, a .gguf file, a model dir or a HF id"),
+    out: Path = typer.Option(Path("runs/honesty"), help="output directory for the adapter"),
+    config: Path | None = typer.Option(None, help="YAML with `adapter:`, `loss:`, `train:` overrides"),
+    steps: int | None = typer.Option(None, help="optimizer steps (overrides config)"),
+    seed: int | None = typer.Option(None, help="random seed (overrides config)"),
+    resume: bool = typer.Option(False, help="continue from the checkpoint in OUT/checkpoint"),
+) -> None:
+    """Train an InnerPiSSA adapter on a concept's contrastive pairs and save it to OUT."""
+    import yaml
+
+    from .concepts import load_concept, make_pairs
+    from .models import load_model
+    from .steerers.innerpissa import InnerPiSSASteerer
+
+    overrides: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise UserError(f"config file not found: {config}")
+        overrides = yaml.safe_load(config.read_text()) or {}
+        unknown = set(overrides) - {"adapter", "loss", "train"}
+        if unknown:
+            raise UserError(f"{config}: unknown sections {sorted(unknown)}; use adapter, loss, train")
+    tr = dict(overrides.get("train", {}))
+    if steps is not None:
+        tr["steps"] = steps
+    if seed is not None:
+        tr["seed"] = seed
+    try:
+        steerer = InnerPiSSASteerer(adapter=overrides.get("adapter"), loss=overrides.get("loss"), train=tr,
+                                    model=model, concept=concept)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"bad config value {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    spec = load_concept(concept)
+    train_pairs, val_pairs = make_pairs(spec, seed=steerer.train_cfg.seed)
+    m, tok = load_model(model)
+    ckpt = out / "checkpoint"
+    if out.exists() and (out / "steerer.json").exists() and not resume:
+        raise UserError(f"{out} already holds a trained adapter; choose another --out or delete it")
+    steerer.fit(m, tok, train_pairs, val_pairs, ckpt_dir=ckpt, resume=resume)
+    steerer.save(out)
+    r = steerer.result
+    typer.echo(
+        f"saved adapter to {out} (best val step {r.best_step}, val shift +1 vs -1 = {r.val_shift:.3f}"
+        f"{', sign flipped' if r.sign_flipped else ''})"
+    )
+
+
+def _load_adapter_model(adapter: Path, model: str | None):
+    """(model, tok, steerer) for a saved steerer directory; the base model spec is read from it if not given."""
+    import json
+
+    from .models import load_model
+    from .steerers import load_steerer
+
+    meta = adapter / "steerer.json"
+    if not meta.is_file():
+        raise UserError(f"{adapter} is not a trained adapter directory (no steerer.json); run `innerpissa train` first")
+    spec = model or json.loads(meta.read_text()).get("params", {}).get("model")
+    if not spec:
+        raise UserError(f"{adapter}/steerer.json names no base model; pass --model")
+    m, tok = load_model(spec)
+    return m, tok, load_steerer(m, adapter)
+
+
+@app.command()
+def generate(
+    adapter: Path = typer.Option(..., help="directory written by `innerpissa train`"),
+    prompt: list[str] = typer.Option(..., help="user prompt (repeatable)"),
+    coeffs: list[float] = typer.Option(None, help="steering coefficients (default -1 0 1)"),
+    model: str | None = typer.Option(None, help="base model spec (default: the one the adapter was trained on)"),
+    max_new_tokens: int = typer.Option(48, min=1),
+) -> None:
+    """Greedy completions side by side at each coefficient."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .generate import generate_table
+
+    m, tok, steerer = _load_adapter_model(adapter, model)
+    cs = _coeffs(coeffs)
+    df = generate_table(m, tok, steerer, prompt, cs, max_new_tokens)
+    for p in prompt:
+        t = Table(title=p, show_lines=True)
+        for c in cs:
+            t.add_column(f"c = {c:+g}")
+        t.add_row(*[df[(df.prompt == p) & (df.coeff == c)].completion.iloc[0] for c in cs])
+        Console().print(t)
+
+
+@app.command()
+def merge(
+    adapter: Path = typer.Option(..., help="directory written by `innerpissa train`"),
+    coeff: float = typer.Option(..., help="coefficient to bake into the weights"),
+    out: Path = typer.Option(..., help="output directory for a plain transformers model"),
+    model: str | None = typer.Option(None, help="base model spec (default: the one the adapter was trained on)"),
+) -> None:
+    """Fold the adapter at COEFF into plain weights and save a normal transformers model."""
+    import shutil
+    import tempfile
+
+    from .adapter import merge as merge_adapter
+
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new --out")
+    m, tok, _ = _load_adapter_model(adapter, model)
+    merge_adapter(m, coeff)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        m.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    typer.echo(f"merged adapter at c={coeff:g} into {out}")
+
+
+from .experiments import commands as _experiment_commands  # noqa: E402,F401  (sweep, compare)
 from .experiments import report_cli as _report_cli  # noqa: E402,F401  (report)
