@@ -1,0 +1,187 @@
+"""Metrics on synthetic ScoreTables with known answers, and against independent implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+
+from innerpissa.eval.metrics import coherent_range, dose_response, effects_by_dim, slope_test, summarize
+
+C3 = (-1.0, 0.0, 1.0)
+
+
+def table(records: list[dict]) -> pd.DataFrame:
+    """A ScoreTable slice from records (row_id, dilemma_id, coeff, logratio, label:*; pmass/nll default)."""
+    df = pd.DataFrame(records)
+    df.insert(0, "method", "m")
+    df.insert(1, "seed", 0)
+    df.insert(2, "dataset", "d")
+    for col, default in (("pmass", 0.9), ("nll", 1.0)):
+        if col not in df:
+            df[col] = default
+    return df
+
+
+def paired(n_dilemmas: int, fn, coeffs=C3, dims=("t",), seed: int = 0) -> pd.DataFrame:
+    """n dilemmas x 2 rows (labels +1/-1 for every dim); logratio = fn(label, c, dilemma, row, rng)."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for d in range(n_dilemmas):
+        for k, lab in enumerate((1.0, -1.0)):
+            for c in coeffs:
+                recs.append({"row_id": f"{d}-{k}", "dilemma_id": str(d), "coeff": c,
+                             "logratio": fn(lab, c, d, k, rng), **{f"label:{x}": lab for x in dims}})
+    return table(recs)
+
+
+def test_effect_matches_linregress_and_cluster_se() -> None:
+    u = np.random.default_rng(1).normal(size=40)
+    t = paired(40, lambda lab, c, d, k, rng: lab * (0.7 * c + u[d] + rng.normal()))
+    e = effects_by_dim(t, n_boot=4000, seed=0).set_index("dim").loc["t"]
+    y = t["label:t"] * t["logratio"]
+    assert e["effect"] == pytest.approx(stats.linregress(t["coeff"], y).slope, abs=1e-12)
+    fit = sm.OLS(y.to_numpy(), sm.add_constant(t["coeff"].to_numpy())).fit(
+        cov_type="cluster", cov_kwds={"groups": t["dilemma_id"].astype(int).to_numpy()})
+    assert e["se"] == pytest.approx(fit.bse[1], rel=0.2)  # bootstrap over dilemmas ~ cluster-robust SE
+    assert e["t"] == pytest.approx(e["effect"] / e["se"])
+    assert e["p"] == pytest.approx(2 * stats.t.sf(abs(e["t"]), 39))
+    assert e["ci_low"] < e["effect"] < e["ci_high"]
+    assert (e["ci_high"] - e["ci_low"]) == pytest.approx(2 * 1.96 * e["se"], rel=0.25)
+    assert (e["n_rows"], e["n_dilemmas"]) == (80, 40)
+
+
+def test_balanced_design_recovers_slope_exactly() -> None:
+    # y = label * logratio = 2c + per-dilemma offset + per-row offset: OLS over a full c grid gives exactly 2
+    t = paired(10, lambda lab, c, d, k, rng: lab * (2 * c + d) + 0.3 * k)
+    s = slope_test(t["coeff"], t["label:t"] * t["logratio"], t["dilemma_id"])
+    assert s["effect"] == pytest.approx(2.0, abs=1e-12)
+
+
+def test_bh_fdr_by_hand_and_min_dilemmas() -> None:
+    rng = np.random.default_rng(5)
+    t = paired(30, lambda lab, c, d, k, r: lab * (0.5 * c + r.normal()), dims=("t", "a", "b", "c"))
+    t["label:a"] = t["label:a"] * 0 + np.where(rng.random(len(t)) < 0.5, 1.0, -1.0)  # labels unrelated to the effect
+    rare = t["dilemma_id"].isin(["0", "1"])
+    t["label:rare"] = np.where(rare, t["label:t"], np.nan)
+    e = effects_by_dim(t, n_boot=500, seed=0, min_dilemmas=5).set_index("dim")
+    assert e.loc["rare", "n_dilemmas"] == 2 and np.isnan(e.loc["rare", ["p", "q"]].astype(float)).all()
+    assert not e.loc["rare", "significant"]
+    p = e["p"].dropna()
+    order = np.argsort(p.to_numpy())
+    ranked = p.to_numpy()[order] * len(p) / np.arange(1, len(p) + 1)
+    q_sorted = np.minimum(1, np.minimum.accumulate(ranked[::-1])[::-1])  # BH step-up, by hand
+    q = pd.Series(q_sorted[np.argsort(order)], index=p.index)
+    np.testing.assert_allclose(e.loc[p.index, "q"].astype(float), q, rtol=1e-12)
+    assert e.loc["t", "significant"] and (e["significant"] == (e["q"] < 0.05)).all()
+
+
+def test_spearman_monotonicity() -> None:
+    mono = paired(5, lambda lab, c, d, k, rng: lab * c)
+    vee = paired(5, lambda lab, c, d, k, rng: lab * c * c)  # means [1, 0, 1]: rank correlation exactly 0
+    two = paired(5, lambda lab, c, d, k, rng: lab * c, coeffs=(0.0, 1.0))
+    assert effects_by_dim(mono, n_boot=50)["spearman"].iloc[0] == pytest.approx(1.0)
+    assert effects_by_dim(vee, n_boot=50)["spearman"].iloc[0] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(effects_by_dim(two, n_boot=50)["spearman"].iloc[0])
+
+
+def _nll_table(nll_shift: dict[float, float], pmass: dict[float, float]) -> pd.DataFrame:
+    cs = tuple(sorted(nll_shift))
+    t = paired(8, lambda lab, c, d, k, rng: lab * (c + rng.normal()), coeffs=cs)
+    t["nll"] = 2.0 + 0.1 * t["row_id"].str.len() + t["coeff"].map(nll_shift)
+    t["pmass"] = t["coeff"].map(pmass)
+    return t
+
+
+def test_dnll_pmass_drop_gain_by_hand() -> None:
+    shift = {-2.0: 0.3, -1.0: 0.4, 0.0: 0.0, 1.0: 0.2, 2.0: 0.6}
+    pm = {-2.0: 0.9, -1.0: 0.7, 0.0: 0.9, 1.0: 0.8, 2.0: 0.9}
+    t = _nll_table(shift, pm)
+    s = summarize(t, "t", n_boot=300)
+    assert (s["dnll_pos"], s["dnll_neg"]) == (pytest.approx(0.2), pytest.approx(0.4))
+    assert s["dnll"] == pytest.approx(0.3)
+    assert s["pmass_drop"] == pytest.approx(0.9 - (0.8 + 0.7) / 2)
+    unit = t[t["coeff"].abs() <= 1]
+    t_unit = slope_test(unit["coeff"], unit["label:t"] * unit["logratio"], unit["dilemma_id"], 300)["t"]
+    assert s["gain"] == pytest.approx(100 * abs(t_unit) / 1.3)
+    better = _nll_table({c: -abs(v) for c, v in shift.items()}, pm)  # steering lowers NLL: no bonus
+    sb = summarize(better, "t", n_boot=300)
+    ub = better[better["coeff"].abs() <= 1]
+    assert sb["gain"] == pytest.approx(100 * abs(slope_test(ub["coeff"], ub["label:t"] * ub["logratio"], ub["dilemma_id"], 300)["t"]))
+
+
+def test_coherent_range_by_hand() -> None:
+    shift = {-2.0: 0.3, -1.0: 0.4, 0.0: 0.0, 1.0: 0.2, 2.0: 0.6}
+    ok = {c: 0.9 for c in shift}
+    assert coherent_range(_nll_table(shift, ok), nll_tol=0.5, pmass_floor=0.5) == 1.0  # +2 breaks ΔNLL
+    assert coherent_range(_nll_table(shift, ok), nll_tol=0.7, pmass_floor=0.5) == 2.0
+    assert coherent_range(_nll_table(shift, {**ok, -1.0: 0.4}), nll_tol=0.7, pmass_floor=0.5) == 0.0
+    assert np.isnan(coherent_range(_nll_table(shift, {**ok, 0.0: 0.1}), nll_tol=0.7, pmass_floor=0.5))
+
+
+def test_flip_counts_by_hand() -> None:
+    # (label, logratio at c = 0, +1, -1); signed y = label * logratio
+    rows = {"r1": (-1, -1, -1, 1),   # y: +, +, -  -> reverse flipped
+            "r2": (1, -1, 1, -1),    # y: -, +, -  -> forward fixed
+            "r3": (1, -1, 1, 1),     # y: -, +, +  -> forward fixed, reverse counter
+            "r4": (1, 1, -1, -1),    # y: +, -, -  -> forward broken, reverse flipped
+            "r5": (1, 1, 1, -1)}     # y: +, +, -  -> reverse flipped
+    recs = [{"row_id": r, "dilemma_id": r, "coeff": c, "logratio": float(v[i]), "label:t": float(v[0])}
+            for r, v in rows.items() for i, c in ((1, 0.0), (2, 1.0), (3, -1.0))]
+    s = summarize(table(recs), "t", n_boot=50, min_dilemmas=2)
+    assert (s["flips_forward_fixed"], s["flips_forward_broken"]) == (2, 1)
+    assert (s["flips_reverse_flipped"], s["flips_reverse_counter"]) == (3, 1)
+
+
+def test_yes_bias_controls() -> None:
+    pure_yes = paired(10, lambda lab, c, d, k, rng: 3 * c + 0.1 * d)  # says "Yes" more, regardless of label
+    s = summarize(pure_yes, "t", n_boot=200)
+    assert s["effect"] == pytest.approx(0.0, abs=1e-12) and s["raw_shift"] == pytest.approx(3.0)
+    assert s["yesbias_effect"] == pytest.approx(0.0, abs=1e-12) and s["yesbias_n_dilemmas"] == 10
+    # add 10 one-row dilemmas labelled +1 only: the pooled effect is now spurious (3 x mean label = 1),
+    # the label-balanced control is not
+    extra = table([{"row_id": f"u{d}", "dilemma_id": f"u{d}", "coeff": c, "logratio": 3 * c, "label:t": 1.0}
+                   for d in range(10) for c in C3])
+    s2 = summarize(pd.concat([pure_yes, extra], ignore_index=True), "t", n_boot=200)
+    assert s2["effect"] == pytest.approx(1.0) and s2["raw_shift"] == pytest.approx(3.0)
+    assert s2["yesbias_effect"] == pytest.approx(0.0, abs=1e-12) and s2["yesbias_n_dilemmas"] == 10
+
+
+def test_side_effects_and_nan_rows() -> None:
+    t = paired(30, lambda lab, c, d, k, rng: lab * (2 * c + 0.2 * rng.normal()), dims=("t", "side"), seed=2)
+    noise = np.random.default_rng(3).normal(size=len(t))
+    t["label:null"] = np.sign(noise)  # labels independent of the (label:t-signed) effect
+    t.loc[t.index[::7], "logratio"] = np.nan
+    e = effects_by_dim(t, n_boot=500).set_index("dim")
+    s = summarize(t, "t", n_boot=500, effects=effects_by_dim(t, n_boot=500))
+    fin = t[t["logratio"].notna()]
+    for dim in ("t", "side", "null"):
+        ref = stats.linregress(fin["coeff"], fin[f"label:{dim}"] * fin["logratio"]).slope
+        assert e.loc[dim, "effect"] == pytest.approx(ref, abs=1e-12)
+    assert e.loc["side", "significant"] and not e.loc["null", "significant"]
+    assert s["side_effect_n_sig"] == 1
+    assert s["side_effect_mean_abs"] == pytest.approx((abs(e.loc["side", "effect"]) + abs(e.loc["null", "effect"])) / 2)
+    assert s["n_nan"] == int(t["logratio"].isna().sum()) and s["n_scored"] == len(t)
+
+
+def test_dose_response_by_hand() -> None:
+    t = paired(12, lambda lab, c, d, k, rng: lab * (c + rng.normal()))
+    t["nll"] = 1.0 + 0.25 * t["coeff"] ** 2
+    t["pmass"] = 0.8 - 0.1 * t["coeff"]
+    dr = dose_response(t, "t", n_boot=400).set_index("coeff")
+    means = (t["label:t"] * t["logratio"]).groupby(t["coeff"]).mean()
+    np.testing.assert_allclose(dr["signed_mean"], means, rtol=1e-12)
+    np.testing.assert_allclose(dr["dnll"], [0.25, 0.0, 0.25], atol=1e-12)
+    np.testing.assert_allclose(dr["pmass"], [0.9, 0.8, 0.7], atol=1e-12)
+    assert (dr["ci_low"] < dr["signed_mean"]).all() and (dr["signed_mean"] < dr["ci_high"]).all()
+    assert (dr["n"] == 24).all()
+
+
+def test_slice_and_dim_errors() -> None:
+    t = paired(5, lambda lab, c, d, k, rng: lab * c)
+    with pytest.raises(ValueError, match="mixes several"):
+        effects_by_dim(pd.concat([t, t.assign(dataset="other")]))
+    with pytest.raises(ValueError, match="no label column for dim 'honesty'"):
+        summarize(t, "honesty")

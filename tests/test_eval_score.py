@@ -1,0 +1,139 @@
+"""Scoring: yes/no variant discovery, batched scores vs an unbatched full-logits reference, c = 0, NaNs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from _eval_steerers import AddVector, Identity, SystemPrompt
+from innerpissa.batching import chat_text
+from innerpissa.eval.datasets import EvalSet, from_generic, limit_rows, load_dataset
+from innerpissa.eval.score import SCORE_COLUMNS, answer_token_ids, describe, score
+from innerpissa.testing import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def evalset():
+    dd = limit_rows(load_dataset("dd-honesty"), 6, seed=1)
+    tqa = limit_rows(load_dataset("truthfulqa"), 4, seed=1)  # A/B answers: a second answer pair in one set
+    rows = pd.concat([dd.rows, tqa.rows.rename(columns={"label:truthfulqa/true": "label:Value/honesty"})], ignore_index=True)
+    return EvalSet("mixed", rows, "Value/honesty")
+
+
+def test_variants_on_byte_level_bpe() -> None:
+    tok = tiny_tokenizer()
+    vocab = tok.get_vocab()  # independent route: raw BPE pieces, "Ġ" marks a leading space
+    for word in ("Yes", "No"):
+        forms = {word, word.lower(), word.upper(), word.capitalize()}
+        expected = sorted(vocab[p] for f in forms for p in (f, "Ġ" + f) if p in vocab)
+        assert expected and answer_token_ids(tok, word) == expected
+
+
+def test_variants_on_word_level_tokenizer() -> None:
+    words = ["[UNK]", "Yes", "yes", "YES", "Yesterday", "No", "no", "Noon", "A", "a", "B"]
+    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wl, unk_token="[UNK]")
+    assert answer_token_ids(tok, "Yes") == [1, 2, 3]
+    assert answer_token_ids(tok, "no") == [5, 6]
+    assert answer_token_ids(tok, "A") == [8]  # single letters are case-sensitive: "a" is not the answer A
+
+
+def _reference(model, tok, messages, pos: str, neg: str) -> tuple[float, float, float]:
+    """Unbatched, unpadded forward with full logits: (logratio, pmass, mean prompt NLL)."""
+    ids = torch.tensor([tok(chat_text(tok, messages)[0], add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    logp = logits[-1].log_softmax(-1)
+    lp = [logp[answer_token_ids(tok, w)].logsumexp(-1).item() for w in (pos, neg)]
+    nll = F.cross_entropy(logits[:-1], ids[0, 1:]).item()
+    return lp[0] - lp[1], float(np.exp(lp[0]) + np.exp(lp[1])), nll
+
+
+def test_batched_scores_match_unbatched_reference(tiny, evalset) -> None:
+    model, tok = tiny
+    table = score(model, tok, Identity(), evalset, [0.0], batch_size=4, pmass_min=0.0, progress=False)
+    assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS and "label:Value/honesty" in table
+    for row, out in zip(evalset.rows.itertuples(), table.itertuples()):
+        lr, pm, nll = _reference(model, tok, row.messages, row.choice_pos, row.choice_neg)
+        assert out.row_id == row.row_id
+        assert out.logratio == pytest.approx(lr, abs=1e-4) and out.pmass == pytest.approx(pm, rel=1e-4)
+        assert out.nll == pytest.approx(nll, abs=1e-4)
+
+
+def test_c0_reproduces_unsteered_exactly_and_c_steers(tiny, evalset) -> None:
+    model, tok = tiny
+    before = score(model, tok, Identity(), evalset, [0.0], pmass_min=0.0, progress=False)
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    steered = score(model, tok, AddVector(v), evalset, [-1.0, 0.0, 1.0], pmass_min=0.0, progress=False)
+    at0 = steered[steered["coeff"] == 0.0].reset_index(drop=True)
+    for col in ("logratio", "pmass", "nll"):
+        np.testing.assert_array_equal(at0[col].to_numpy(), before[col].to_numpy())
+    at1 = steered[steered["coeff"] == 1.0].reset_index(drop=True)
+    assert (at1["logratio"] - before["logratio"]).abs().min() > 1e-4  # every row moved
+    assert (at1["nll"] - before["nll"]).abs().min() > 1e-4
+    after = score(model, tok, Identity(), evalset, [0.0], pmass_min=0.0, progress=False)
+    np.testing.assert_array_equal(after["logratio"].to_numpy(), before["logratio"].to_numpy())  # hooks removed
+
+
+def test_messages_hook_is_used(tiny, evalset) -> None:
+    model, tok = tiny
+    base = score(model, tok, Identity(), evalset, [1.0], pmass_min=0.0, progress=False)
+    sp = score(model, tok, SystemPrompt(), evalset, [0.0, 1.0], pmass_min=0.0, progress=False)
+    np.testing.assert_array_equal(sp.loc[sp["coeff"] == 0.0, "nll"].to_numpy(), base["nll"].to_numpy())
+    row = evalset.rows.iloc[0]
+    lr, _, nll = _reference(model, tok, SystemPrompt().messages(row["messages"], 1.0), row["choice_pos"], row["choice_neg"])
+    got = sp[(sp["coeff"] == 1.0) & (sp["row_id"] == row["row_id"])].iloc[0]
+    assert got["nll"] == pytest.approx(nll, abs=1e-4) and got["logratio"] == pytest.approx(lr, abs=1e-4)
+
+
+def test_low_pmass_rows_are_nan_and_counted(tiny, evalset) -> None:
+    model, tok = tiny
+    full = score(model, tok, Identity(), evalset, [0.0], pmass_min=0.0, progress=False)
+    cut = float(full["pmass"].median())
+    table = score(model, tok, Identity(), evalset, [0.0], pmass_min=cut, progress=False)
+    low = full["pmass"] < cut
+    assert low.any() and (~low).any()
+    assert table.loc[low, "logratio"].isna().all() and table.loc[~low, "logratio"].notna().all()
+    np.testing.assert_array_equal(table["pmass"].to_numpy(), full["pmass"].to_numpy())  # pmass is always kept
+    assert describe(table)["n_nan"] == int(low.sum())
+
+
+def test_truncation_is_flagged_and_left_sided(tiny) -> None:
+    model, tok = tiny
+    es = from_generic(pd.DataFrame({"prompt": ["word " * 80, "short?"], "label:x": [1, -1]}), "long")
+    table = score(model, tok, Identity(), es, [0.0], max_length=48, pmass_min=0.0, progress=False)
+    assert table["truncated"].tolist() == [True, False]
+    assert np.isfinite(table["logratio"]).all()  # the prefill at the end survives left-truncation
+
+
+def test_bad_answer_words_and_coeffs(tiny) -> None:
+    model, tok = tiny
+    es = from_generic(pd.DataFrame({"prompt": ["q"], "label:x": [1], "choice_pos": ["Zebraquux"]}), "z")
+    with pytest.raises(ValueError, match="no single-token variant of \\['Zebraquux'\\]"):
+        score(model, tok, Identity(), es, [0.0], progress=False)
+    ok = from_generic(pd.DataFrame({"prompt": ["q"], "label:x": [1]}), "ok")
+    with pytest.raises(ValueError, match="no coefficients"):
+        score(model, tok, Identity(), ok, [], progress=False)
+
+
+@pytest.mark.slow
+def test_smollm2_answers_the_dd_format() -> None:
+    from innerpissa.models import load_model
+
+    model, tok = load_model()
+    assert [tok.decode([i]) for i in answer_token_ids(tok, "Yes")] == [" Yes", " yes", "yes", "Yes"]
+    es = limit_rows(load_dataset("dd-honesty"), 8, seed=0)
+    table = score(model, tok, Identity(), es, [0.0], progress=False)
+    assert table["pmass"].median() > 0.5 and table["logratio"].notna().all()
