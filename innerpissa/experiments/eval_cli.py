@@ -1,0 +1,117 @@
+"""CLI command `innerpissa eval` (registered on the app by importing this module)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..cli import app
+
+CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}  # lets `--coeffs -2 -1 0 1 2` work
+
+
+def parse_coeffs(first: list[float] | None, extra: list[str]) -> list[float]:
+    """Coefficients from `--coeffs a b c` (the first is the option value, the rest arrive as extra args)."""
+    out = list(first or [])
+    for arg in extra:
+        try:
+            out.append(float(arg))
+        except ValueError:
+            raise ValueError(f"unexpected argument {arg!r}: only coefficients may follow --coeffs (e.g. --coeffs -1 0 1)") from None
+    return out or [-1.0, 0.0, 1.0]
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def effects_table(name: str, effects: pd.DataFrame, target: str, top: int = 10) -> Table:
+    """The target dim and the `top` other dims by p: effect, 95% CI, p, BH q, dilemmas."""
+    t = Table(title=f"{name}: effect per dim (slope of label-signed log-ratio per unit c)")
+    for col in ("dim", "effect", "95% CI", "p", "q (BH)", "dilemmas"):
+        t.add_column(col, justify="left" if col == "dim" else "right")
+    others = effects[effects["dim"] != target].sort_values("p", na_position="last").head(top)
+    for i, r in enumerate(pd.concat([effects[effects["dim"] == target], others]).itertuples()):
+        style = "bold" if i == 0 else ("green" if r.significant else None)
+        t.add_row(r.dim + (" (target)" if i == 0 else ""), _fmt(r.effect), f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
+                  _fmt(r.p, ".2g"), _fmt(r.q, ".2g"), str(r.n_dilemmas), style=style)
+    return t
+
+
+def headline_table(summary: dict[str, dict[str, Any]]) -> Table:
+    """One row per dataset: ΔNLL, Gain, coherent range, Yes-bias controls, flips, NaNs, overlap."""
+    t = Table(title="headline (|c| = 1; yes-bias controls on label-balanced dilemmas)")
+    for col in ("dataset", "effect [CI]", "p", "ΔNLL", "Gain", "coherent |c|", "yes-bias-controlled", "raw shift",
+                "flips +1 fix/break", "flips −1 flip/counter", "NaN", "overlap"):
+        t.add_column(col, justify="right")
+    for name, s in summary.items():
+        t.add_row(
+            name, f"{_fmt(s['effect'])} [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]", _fmt(s["p"], ".2g"),
+            _fmt(s["dnll"]), _fmt(s["gain"], ".1f"), _fmt(s["coherent_range"], "g"),
+            f"{_fmt(s['yesbias_effect'])} (p={_fmt(s['yesbias_p'], '.2g')})",
+            f"{_fmt(s['raw_shift'])} (p={_fmt(s['raw_shift_p'], '.2g')})",
+            f"{s['flips_forward_fixed']}/{s['flips_forward_broken']}", f"{s['flips_reverse_flipped']}/{s['flips_reverse_counter']}",
+            f"{s['n_nan']}/{s['n_scored']}", "not checked" if s["n_train_overlap"] is None else str(s["n_train_overlap"]),
+        )
+    return t
+
+
+@app.command("eval", context_settings=CONTEXT)
+def eval_command(
+    ctx: typer.Context,
+    adapter: Path = typer.Option(..., help="saved steerer directory (with steerer.json), e.g. from `innerpissa train`"),
+    dataset: list[str] = typer.Option(["dd-honesty"], help="dd-honesty, dd-all, dd-sample-N, truthfulqa or a .jsonl/.csv (repeatable)"),
+    coeffs: list[float] = typer.Option(None, help="steering coefficients, e.g. --coeffs -2 -1 0 1 2 (default -1 0 1)"),
+    out: Path | None = typer.Option(None, help="run directory to write (default runs/eval/<adapter name>)"),
+    limit: int | None = typer.Option(None, min=1, help="at most N rows per dataset (whole dilemmas, seeded)"),
+    model: str | None = typer.Option(None, help="base model spec (default: the `model` recorded in steerer.json)"),
+    concept: str | None = typer.Option(None, help="concept the steerer was trained on, for the leakage check (default: from steerer.json)"),
+    batch_size: int = typer.Option(16, min=1),
+    max_length: int = typer.Option(512, min=8, help="prompts are left-truncated to this many tokens"),
+    seed: int = typer.Option(0, help="seed for sampling, limits and the bootstrap"),
+    n_boot: int = typer.Option(1000, min=10, help="bootstrap resamples of dilemmas"),
+) -> None:
+    """Score a saved steerer on binary-choice datasets at several coefficients; print and save the results."""
+    from ..concepts import ContrastPairs, load_concept, make_pairs
+    from ..eval.datasets import load_dataset
+    from ..models import load_model
+    from ..steerers import load_steerer
+    from .evaluate import evaluate_run
+
+    cs = parse_coeffs(coeffs, ctx.args)
+    names = [n.strip() for d in dataset for n in d.split(",") if n.strip()]
+    sets = [load_dataset(n, seed=seed) for n in names]  # fail fast on bad names/files, before loading a model
+    meta = adapter / "steerer.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{adapter} is not a saved steerer (no steerer.json); pass a directory written by train")
+    params = json.loads(meta.read_text()).get("params", {})
+    spec = model or params.get("model")
+    if not spec:
+        raise ValueError(f"{meta} records no base model: pass --model")
+    concept = concept or params.get("concept")
+    train = None
+    if concept:
+        pair_seed = (params.get("train") or {}).get("seed", 0)
+        tr, va = make_pairs(load_concept(concept), seed=pair_seed)  # check train and validation pairs both
+        train = ContrastPairs(tr.positive_prompts + va.positive_prompts, tr.negative_prompts + va.negative_prompts,
+                              tr.suffixes + va.suffixes)
+    m, tok = load_model(spec)
+    steerer = load_steerer(m, adapter)
+    out = out or Path("runs") / "eval" / adapter.resolve().name
+    summary = evaluate_run(m, tok, steerer, sets, cs, out, seed=seed, train_pairs=train, batch_size=batch_size,
+                           max_length=max_length, limit=limit, n_boot=n_boot)
+    effects = pd.read_parquet(out / "effects.parquet")
+    console = Console()
+    for name, s in summary.items():
+        console.print(effects_table(name, effects[effects["dataset"] == name], s["target_dim"]))
+    console.print(headline_table(summary))
+    if train is None:
+        console.print("[yellow]leakage check skipped: steerer.json names no concept; pass --concept[/yellow]")
+    console.print(f"wrote {out}/ (config.json, scores.parquet, effects.parquet, summary.json, dose_response.png)")

@@ -1,0 +1,172 @@
+"""Evaluate one steerer on binary-choice datasets and write a self-describing run directory.
+
+out_dir/
+  config.json          model id + state hash, steerer params, coeffs, seed, data hashes and counts,
+                       code version / git commit / source hash, package versions
+  scores.parquet       the per-row ScoreTable of every dataset (see `innerpissa.eval.score`)
+  effects.parquet      per dataset x label dim: effect, CI, t, p, BH q (see `effects_by_dim`)
+  summary.json         {dataset: headline metrics (see `summarize`) + n_train_overlap, n_truncated}
+  dose_response.png    per dataset: signed log-ratio (95% CI) and ΔNLL vs c
+Every file is written atomically (temp file + rename), config.json last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import math
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .. import __version__
+from ..concepts import ContrastPairs
+from ..eval.datasets import EvalSet, limit_rows, load_dataset
+from ..eval.metrics import dose_response, effects_by_dim, summarize
+from ..eval.overlap import train_overlap
+from ..eval.score import describe, score
+from ..io import atomic_write, atomic_write_json
+from ..models import model_id
+from ..steerers import Steerer
+
+PACKAGES = ("torch", "transformers", "numpy", "pandas", "scipy", "statsmodels", "peft")
+OVERLAP_NGRAM = 8
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
+        obj = obj.item()
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
+def model_state_sha256(model: PreTrainedModel, n: int = 16) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), adapters included."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:n]
+
+
+def code_version() -> dict[str, Any]:
+    """Package version, sha256 of its .py sources, and the git commit / dirty flag when in a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    out: dict[str, Any] = {"version": __version__, "source_sha256": h.hexdigest()[:16], "git_commit": None, "git_dirty": None}
+    try:
+        git = ["git", "-C", str(root.parent)]
+        out["git_commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run([*git, "status", "--porcelain", "--", str(root)], capture_output=True, text=True, check=True)
+        out["git_dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass  # not a git checkout (installed package): the source hash still identifies the code
+    return out
+
+
+def versions() -> dict[str, str | None]:
+    """Python and key package versions."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def plot_dose_response(curves: dict[str, pd.DataFrame], targets: dict[str, str]) -> Figure:
+    """One row per dataset: signed log-ratio with 95% CI vs c (left), ΔNLL vs c (right)."""
+    fig = Figure(figsize=(9, 3.2 * len(curves)))
+    axes = fig.subplots(len(curves), 2, squeeze=False)
+    for (name, dr), (ax1, ax2) in zip(curves.items(), axes):
+        yerr = [dr["signed_mean"] - dr["ci_low"], dr["ci_high"] - dr["signed_mean"]]
+        ax1.errorbar(dr["coeff"], dr["signed_mean"], yerr=yerr, marker="o", capsize=3)
+        ax1.axhline(0, color="grey", lw=0.5)
+        ax1.set(title=f"{name}: {targets[name]}", xlabel="coefficient c", ylabel="label-signed log-ratio (nats)")
+        ax2.plot(dr["coeff"], dr["dnll"], marker="o", color="C3")
+        ax2.axhline(0, color="grey", lw=0.5)
+        ax2.set(title=f"{name}: degradation", xlabel="coefficient c", ylabel="ΔNLL vs c = 0 (nats/token)")
+    fig.tight_layout()
+    return fig
+
+
+def evaluate_run(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    steerer: Steerer,
+    datasets: Sequence[str | EvalSet],
+    coeffs: Sequence[float],
+    out_dir: str | Path,
+    seed: int = 0,
+    train_pairs: ContrastPairs | None = None,
+    batch_size: int = 16,
+    max_length: int | None = 512,
+    limit: int | None = None,
+    n_boot: int = 1000,
+    pmass_min: float = 0.1,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Score `steerer` on each dataset at `coeffs`, write the run directory, and return summary.json's content.
+
+    `train_pairs` (the pairs the steerer was fitted on) enable the leakage check; without them
+    n_train_overlap is null. `limit` keeps at most that many rows per dataset (whole dilemmas, seeded).
+    """
+    if not datasets:
+        raise ValueError("no datasets to evaluate: pass at least one, e.g. dd-honesty")
+    coeffs = [float(c) for c in coeffs]
+    if len(set(coeffs)) != len(coeffs):
+        raise ValueError(f"duplicate coefficients in {coeffs}")
+    sets = [d if isinstance(d, EvalSet) else load_dataset(d, seed=seed) for d in datasets]
+    if limit is not None:
+        sets = [limit_rows(es, limit, seed) for es in sets]
+    if len({es.name for es in sets}) != len(sets):
+        raise ValueError(f"two datasets share a name ({[es.name for es in sets]}): evaluate them in separate runs")
+    out_dir = Path(out_dir)
+    tables, effects, curves, summary = [], [], {}, {}
+    for es in sets:
+        table = score(model, tok, steerer, es, coeffs, batch_size, max_length, pmass_min, seed, progress)
+        eff = effects_by_dim(table, n_boot, seed)
+        summary[es.name] = {
+            **summarize(table, es.target_dim, n_boot, seed, effects=eff),
+            **{k: v for k, v in describe(table).items() if k != "n_nan"},
+            "n_questions": len(es),
+            "n_train_overlap": len(train_overlap(es, train_pairs, OVERLAP_NGRAM)) if train_pairs is not None else None,
+        }
+        tables.append(table)
+        effects.append(eff.assign(dataset=es.name))
+        curves[es.name] = dose_response(table, es.target_dim, n_boot, seed)
+    summary = _clean(summary)
+    scores = pd.concat(tables, ignore_index=True)
+    atomic_write(out_dir / "scores.parquet", lambda tmp: scores.to_parquet(tmp, index=False))
+    eff_all = pd.concat(effects, ignore_index=True)
+    atomic_write(out_dir / "effects.parquet", lambda tmp: eff_all.to_parquet(tmp, index=False))
+    fig = plot_dose_response(curves, {es.name: es.target_dim for es in sets})
+    atomic_write(out_dir / "dose_response.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(out_dir / "config.json", _clean({
+        "model": model_id(model), "model_state_sha256": model_state_sha256(model),
+        "steerer": {"method": steerer.name, "params": steerer.params()},
+        "coeffs": coeffs, "seed": seed, "batch_size": batch_size, "max_length": max_length, "limit": limit,
+        "pmass_min": pmass_min, "n_boot": n_boot,
+        "overlap": {"checked": train_pairs is not None, "ngram": OVERLAP_NGRAM,
+                    "n_train_pairs": len(train_pairs) if train_pairs is not None else None},
+        "datasets": {es.name: {"hash": es.content_hash(), "target_dim": es.target_dim, "n_rows": len(es), "info": es.info}
+                     for es in sets},
+        "code": code_version(), "versions": versions(),
+    }))
+    return summary
