@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from innerpissa.experiments.collect import collect, collect_failed, load_scores
+from innerpissa.experiments.report import dose_curves, side_effects
 from innerpissa.experiments.tables import against_the_grain, ideas_that_failed, table1, table2_ablations
 
 N_DILEMMAS = 20
@@ -188,6 +189,29 @@ def test_against_the_grain_ci_over_dilemmas(root, collected):
     assert ip["vs_prompt"] == pytest.approx(vs_rows.mean())
     assert ip["vs_prompt_hi"] == pytest.approx(vs.mean() + stats.t.ppf(0.975, N_DILEMMAS - 1) * vs.std(ddof=1) / np.sqrt(N_DILEMMAS))
     assert set(atg["dataset"]) == {"dd-honesty", "truthfulqa"}
+
+
+def test_dose_curves_and_side_effects_average_seeds(root, collected):
+    scores = load_scores(root)
+    curves = dose_curves(collected, scores, "dd-honesty").set_index(["label", "coeff"])
+    lab = np.tile([1.0, -1.0], N_DILEMMAS)
+    base = lab * 0.1 * np.arange(2 * N_DILEMMAS)  # label-signed intercept of each row
+    assert curves.loc[("innerpissa", 1.0), "signed_mean"] == pytest.approx(0.6 + base.mean())  # betas 0.5/0.6/0.7 averaged
+    assert curves.loc[("innerpissa", -1.0), "signed_mean"] == pytest.approx(-0.6 + base.mean() + E.mean())
+    assert curves.loc[("innerpissa", 1.0), "dnll"] == pytest.approx(0.1) and curves.loc[("prompt", 1.0), "n_seeds"] == 1
+    eff = side_effects(collected, scores, "dd-honesty").set_index(["label", "dim"])
+    assert eff.index.get_level_values("dim")[0] == "Value/honesty"
+    c = np.repeat([-1.0, 0.0, 1.0], 2 * N_DILEMMAS)
+    y = np.concatenate([-0.6 + base + np.repeat(E, 2), base, 0.6 + base])
+    assert eff.loc[("innerpissa", "Value/honesty"), "effect"] == pytest.approx(np.polyfit(c, y, 1)[0])
+
+
+def test_against_the_grain_all_nan_scores_give_nan_not_error(tmp_path):
+    write_run(tmp_path, "a", "pca", 0, None, summary(0.1, 1.0))
+    path = tmp_path / "runs" / "a" / "scores.parquet"
+    pd.read_parquet(path).assign(logratio=np.nan).to_parquet(path)
+    st = against_the_grain(collect(tmp_path), load_scores(tmp_path)).attrs["stats"]
+    assert st["shift"].isna().all() and (st["n_rows"] == 0).all()
 
 
 def test_mixed_models_rejected(tmp_path):

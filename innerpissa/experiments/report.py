@@ -65,7 +65,10 @@ def dose_curves(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str) -> 
     target = target_dim(collected, dataset)
     frames = [dose_response(t, target).assign(label=label, n_seeds=n, n_rows=t["row_id"].nunique())
               for label, (t, n) in _by_label(_table1_runs(collected, dataset), scores, dataset).items()]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    num = ["coeff", "signed_mean", "ci_low", "ci_high", "dnll", "pmass"]
+    return pd.concat(frames, ignore_index=True).astype(dict.fromkeys(num, float))  # all-NaN columns come back as object
 
 
 def side_effects(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, max_dims: int = MAX_HEATMAP_DIMS) -> pd.DataFrame:
@@ -210,7 +213,7 @@ def build_report(root: Path, out: Path) -> Path:
     """Write all tables, figures, report.md and a self-contained report.html under `out`; returns the HTML path."""
     out = Path(out)
     collected, failed = collect(root), collect_failed(root)
-    scores = load_scores(root)
+    scores = load_scores(root, sorted(collected.loc[collected["preset"].isna(), "run_hash"].unique()))  # Table-1 runs
     blocks: list[tuple] = [
         ("h", "innerpissa report", 1),
         ("p", f"Results root: {Path(root).resolve()} · generated {time.strftime('%Y-%m-%d %H:%M')} · "

@@ -157,10 +157,10 @@ def _shifts(scores: pd.DataFrame, runs: pd.DataFrame, dataset: str, target: str)
     s = scores[(scores["dataset"] == dataset) & scores["run_hash"].isin(runs["run_hash"])]
     if col not in s:
         raise ValueError(f"scores for {dataset!r} have no column {col!r}: cannot sign the effect")
-    s = s[s["coeff"].isin([-1.0, 0.0])].assign(signed=lambda x: x["logratio"] * x[col])
-    wide = s.pivot_table(index=["run_hash", "row_id"], columns="coeff", values="signed", aggfunc="mean")
-    if -1.0 not in wide or 0.0 not in wide:
+    if not {-1.0, 0.0} <= set(s["coeff"]):
         raise ValueError(f"against-the-grain needs scores at c = -1 and c = 0 on {dataset!r}")
+    s = s[s["coeff"].isin([-1.0, 0.0])].assign(signed=lambda x: x["logratio"] * x[col])
+    wide = s.pivot_table(index=["run_hash", "row_id"], columns="coeff", values="signed", aggfunc="mean", dropna=False)
     shift = (wide[-1.0] - wide[0.0]).rename("shift").reset_index()
     cluster = s.drop_duplicates("row_id").set_index("row_id")["dilemma_id"] if "dilemma_id" in s else None
     shift["cluster"] = shift["row_id"].map(cluster) if cluster is not None else shift["row_id"]
