@@ -19,6 +19,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
+from typing import Protocol
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import loss as L
-from .adapter import attach, collect_module_inputs, steer, trainable_parameters
+from . import adapter as A
 from .batching import Batch, encode_pairs
 from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
@@ -124,6 +125,44 @@ def _tc(batch: Batch) -> int:
     return int(T - first.min().item())
 
 
+class TrainableAdapter(Protocol):
+    """What the loop needs from a steerable parameterisation (InnerPiSSA here; LoRA-family in steerers/)."""
+
+    def attach(self, trainer: "Trainer") -> None: ...
+    def parameters(self) -> list[nn.Parameter]: ...
+    def steer(self, c: float) -> contextlib.AbstractContextManager: ...
+    def flip(self) -> None: ...
+
+
+class InnerPiSSATrainable:
+    """InnerPiSSA layers on `model`; flipping negates every parameter, which is exactly c -> −c."""
+
+    def __init__(self, model: PreTrainedModel, cfg: AdapterConfig) -> None:
+        self.model, self.cfg = model, cfg
+
+    def attach(self, trainer: "Trainer") -> None:
+        if A.adapter_layers(self.model):
+            return  # already attached (e.g. loaded)
+        contrast = None
+        if self.cfg.dims == "data":
+            idx = list(range(min(64, len(trainer.train_pairs))))
+            b = trainer._encode(trainer.train_pairs, idx)
+            names = A.target_names(self.model, self.cfg)
+            contrast = A.collect_module_inputs(self.model, names, b.model_inputs(), len(b) // 2, trainer.lcfg.last_n_tokens)
+        A.attach(self.model, self.cfg, contrast=contrast)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return A.trainable_parameters(self.model)
+
+    def steer(self, c: float) -> contextlib.AbstractContextManager:
+        return A.steer(self.model, c)
+
+    @torch.no_grad()
+    def flip(self) -> None:
+        for p in self.parameters():
+            p.neg_()
+
+
 class Trainer:
     """Holds the model, data, caches and optimizer; `run()` trains and returns a TrainResult."""
 
@@ -133,14 +172,16 @@ class Trainer:
         tok: PreTrainedTokenizerBase,
         train_pairs: ContrastPairs,
         val_pairs: ContrastPairs,
-        adapter_cfg: AdapterConfig,
+        adapter: AdapterConfig | TrainableAdapter,
         loss_cfg: LossConfig,
         train_cfg: TrainConfig,
         ckpt_dir: Path | None = None,
         progress: bool = True,
     ) -> None:
         self.model, self.tok = model, tok
-        self.acfg, self.lcfg, self.tcfg = adapter_cfg, loss_cfg, train_cfg
+        self.adapter = InnerPiSSATrainable(model, adapter) if isinstance(adapter, AdapterConfig) else adapter
+        self.lcfg, self.tcfg = loss_cfg, train_cfg
+        self.attached = False
         self.ckpt_dir, self.progress = ckpt_dir, progress
         self.device = pick_device(train_cfg.device)
         seed_everything(train_cfg.seed)
@@ -177,7 +218,7 @@ class Trainer:
         return _Cache(hs, nll, b.completion_mask[:, -tc:].float())
 
     def _ctx(self, c: float) -> contextlib.AbstractContextManager:
-        return steer(self.model, c) if trainable_parameters(self.model) else contextlib.nullcontext()
+        return self.adapter.steer(c) if self.attached and c != 0 else contextlib.nullcontext()
 
     def _ref_for(self, idx: list[int], cache: dict[int, tuple] | None, pairs: ContrastPairs, tc: int) -> _Cache:
         """Reference for a micro-batch: from the cache (right-aligned to tc) or recomputed now."""
@@ -248,7 +289,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state(self, step: int, result: TrainResult) -> tuple[dict[str, torch.Tensor], dict]:
-        params = trainable_parameters(self.model)
+        params = self.adapter.parameters()
         tensors = {f"param.{i}": p for i, p in enumerate(params)}
         tensors.update({f"best.{i}": t for i, t in enumerate(self.best_params)})
         opt = self.opt.state_dict()
@@ -278,7 +319,7 @@ class Trainer:
         """Restore the state written by save_checkpoint; returns the step to continue from."""
         meta = json.loads((self.ckpt_dir / "checkpoint.json").read_text())
         tensors = load_file(str(self.ckpt_dir / "checkpoint.safetensors"))
-        params = trainable_parameters(self.model)
+        params = self.adapter.parameters()
         with torch.no_grad():
             for i, p in enumerate(params):
                 p.copy_(tensors[f"param.{i}"])
@@ -298,7 +339,7 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def _make_optimizer(self) -> None:
         tc = self.tcfg
-        params = trainable_parameters(self.model)
+        params = self.adapter.parameters()
         self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "onecycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -328,19 +369,10 @@ class Trainer:
         self.u = L.preference_direction(torch.stack([r[0] - r[3] for r in ref_cache.values()]), self.lcfg.direction_topk)
         cache = ref_cache if tc.cache_reference else None  # without: recompute the reference every step
         self.val_cache = self._build_cache(self.val_pairs, list(range(len(self.val_pairs))))
-        if not trainable_parameters(self.model):
-            contrast = None
-            if self.acfg.dims == "data":
-                from .adapter import target_names
-
-                b = self._encode(self.train_pairs, used[:64])
-                contrast = collect_module_inputs(
-                    self.model, target_names(self.model, self.acfg), b.model_inputs(), len(b) // 2,
-                    self.lcfg.last_n_tokens,
-                )
-            attach(self.model, self.acfg, contrast=contrast)
+        self.adapter.attach(self)
+        self.attached = True
         self._make_optimizer()
-        self.best_params = [p.detach().clone() for p in trainable_parameters(self.model)]
+        self.best_params = [p.detach().clone() for p in self.adapter.parameters()]
         self.bad_evals = 0
         start = 0
         if resume and self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
@@ -371,7 +403,7 @@ class Trainer:
                 row["val_loss"], row["val_shift"] = self.validate(self.u)
                 if row["val_loss"] < result.best_val:
                     result.best_val, result.best_step = row["val_loss"], step + 1
-                    self.best_params = [p.detach().clone() for p in trainable_parameters(self.model)]
+                    self.best_params = [p.detach().clone() for p in self.adapter.parameters()]
                     self.bad_evals = 0
                 else:
                     self.bad_evals += 1
@@ -384,7 +416,7 @@ class Trainer:
         if stop_after is not None and stop_after < tc.steps:
             return result
         with torch.no_grad():
-            for p, best in zip(trainable_parameters(self.model), self.best_params):
+            for p, best in zip(self.adapter.parameters(), self.best_params):
                 p.copy_(best)
         self.orient(result)
         return result
@@ -394,8 +426,7 @@ class Trainer:
         """Flip the adapter (negate its parameters: exactly c -> −c) if +c moves validation pairs the wrong way."""
         _, shift = self.validate(self.u)
         if shift < 0:
-            for p in trainable_parameters(self.model):
-                p.neg_()
+            self.adapter.flip()
             shift = -shift
             result.sign_flipped = True
         result.val_shift = shift

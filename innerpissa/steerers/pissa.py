@@ -1,0 +1,11 @@
+"""`pissa` baseline: see peft_lora.py (same ReprPO loss; c scales the adapter's weight change)."""
+
+from .peft_lora import PeftSteerer
+
+
+class PissaSteerer(PeftSteerer):
+    name = "pissa"
+    variant = "pissa"
+
+
+STEERER = PissaSteerer
