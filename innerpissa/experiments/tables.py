@@ -8,6 +8,7 @@ numbers live in `df.attrs["stats"]` (numeric, one row per display row); `write_t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,6 @@ TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll",
 def _num(x: float) -> str:
     if not np.isfinite(x):
         return "–"
-    if float(x).is_integer() and abs(x) < 1e6:
-        return f"{x:.0f}"
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
@@ -36,16 +35,20 @@ def fmt_p(p: float) -> str:
     return "–" if not np.isfinite(p) else f"{p:.1e}" if p < 1e-4 else f"{p:.2g}"
 
 
-def fmt_ci(agg: dict) -> str:
+def _count(x: float) -> str:
+    return "–" if not np.isfinite(x) else f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def fmt_ci(agg: dict, num: Callable[[float], str] = _num) -> str:
     """'m ± h' for a t-interval over seeds, 'm [lo, hi] (basis)' for a within-run interval, else flags no CI."""
     m, lo, hi, basis = agg["mean"], agg["lo"], agg["hi"], agg["basis"]
     if not np.isfinite(m):
         return "–"
     if basis == "seeds":
-        return f"{_num(m)} ± {_num((hi - lo) / 2)}"
+        return f"{num(m)} ± {num((hi - lo) / 2)}"
     if np.isfinite(lo) and np.isfinite(hi):
-        return f"{_num(m)} [{_num(lo)}, {_num(hi)}] ({basis})"
-    return f"{_num(m)} ({basis}, no CI)"
+        return f"{num(m)} [{num(lo)}, {num(hi)}] ({basis})"
+    return f"{num(m)} ({basis}, no CI)"
 
 
 def _flat(prefix: str, agg: dict) -> dict:
@@ -107,8 +110,8 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
         n_seeds = int(g["seed"].nunique())
         st = {"label": label, "method": g["method"].iloc[0], "n_seeds": n_seeds,
               "n_rows": pd.to_numeric(g.get("n_rows"), errors="coerce").max()}
-        for m, a in aggs.items():
-            st.update(_flat(m, a))
+        for m, a in aggs.items():  # t/p against 0 only mean something for the signed effects
+            st.update(_flat(m, a if m in ("effect", "yesbias_effect") else {k: v for k, v in a.items() if k not in ("t", "p")}))
         stat_rows.append(st)
         one = " (1 seed)" if n_seeds == 1 else ""
         rows.append({
@@ -117,7 +120,7 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "Effect ± CI": fmt_ci(eff),
             "t": "–" if not np.isfinite(eff["t"]) else f"{eff['t']:.2f}",
             "p": fmt_p(eff["p"]),
-            "side effects": f"{fmt_ci(aggs['side_effect_mean_abs'])}; {fmt_ci(aggs['side_effect_n_sig'])} sig",
+            "side effects": f"{fmt_ci(aggs['side_effect_mean_abs'])}; {fmt_ci(aggs['side_effect_n_sig'], _count)} sig",
             "ΔNLL": fmt_ci(aggs["dnll"]),
             "Gain": fmt_ci(aggs["gain"]),
             "coherent range": fmt_ci(aggs["coherent_range"]),
