@@ -1,0 +1,104 @@
+"""The seed's ablation plan as named presets: each one a documented delta from the default InnerPiSSA run.
+
+A delta maps dotted paths into `RunConfig.params` ("adapter.rotate_v", "loss.coh_weight", "train.n_train") to
+values; the key "method" swaps the method (only `no_svd`, which trains LoRA with the same ReprPO loss). Presets
+apply to `method: innerpissa` runs. Seeds are not a preset: list them under `seeds:` in a sweep spec.
+
+Depth presets `depth_<f>` adapt the decoder layers in the depth window [f - 0.2, f] (clipped at 0) and put the
+loss layer at depth f, so every adapted layer lies at or below the layer whose hidden states are separated (the
+default run uses the window [0.3, 0.8] with the loss at 0.8). `last3` adapts the last 3 layers, loss at the last.
+`Preset.group` and `Preset.value` (e.g. group "depth", value 0.3) let reports plot a family against its value.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from .run import RunConfig, check_trained_params
+
+DEPTH_WINDOW = 0.2
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named config delta; `group`/`value` place it in a family (depth, rank, ...) for plots."""
+
+    name: str
+    doc: str
+    delta: dict[str, Any] = field(default_factory=dict)
+    group: str = "component"
+    value: float | None = None
+
+
+def _build() -> dict[str, Preset]:
+    ps = [
+        Preset("full", "the default InnerPiSSA configuration (rotate V, multiplicative S scaling, all loss terms)"),
+        Preset("no_rotate_v", "no rotation of the input singular vectors V", {"adapter.rotate_v": False}),
+        Preset("rotate_u", "also rotate the output singular vectors U", {"adapter.rotate_u": True}),
+        Preset("no_scale", "no singular-value scaling (rotation only)", {"adapter.scale": "none"}),
+        Preset("scale_add", "additive singular-value scaling instead of multiplicative", {"adapter.scale": "add"}),
+        Preset("scale_tanh", "tanh-bounded singular-value scaling instead of multiplicative", {"adapter.scale": "tanh"}),
+        Preset("no_svd", "no SVD basis: a LoRA adapter trained with the same ReprPO loss", {"method": "lora"}),
+        Preset("no_coherence", "drop the coherence (NLL margin) term", {"loss.coherence": False}),
+        Preset("no_monotonic", "drop the monotonic ordering term across c = -1, 0, +1", {"loss.monotonic": False}),
+        Preset("adaptive", "adaptive coherence: loosen it for the direction that lags", {"loss.adaptive": True}),
+        Preset("modules_o_proj", "adapt attention o_proj only", {"adapter.target_modules": ["o_proj"]}, "modules"),
+        Preset("modules_down_proj", "adapt MLP down_proj only", {"adapter.target_modules": ["down_proj"]}, "modules"),
+        Preset("last3", "adapt the last 3 decoder layers, loss at the last layer",
+               {"adapter.layers": [-3, -2, -1], "loss.loss_layer_frac": 1.0}, "depth", 1.0),
+    ]
+    for w in (0.1, 0.3, 3.0, 10.0):
+        ps.append(Preset(f"coh_weight_{w:g}", f"coherence weight {w:g} (separation weight 1)",
+                         {"loss.coh_weight": w}, "coh_weight", w))
+    for i in range(1, 10):
+        f = i / 10
+        ps.append(Preset(f"depth_{f:g}", f"adapt layers at depth [{max(0.0, f - DEPTH_WINDOW):.1f}, {f:g}], loss at {f:g}",
+                         {"adapter.layer_range": [round(max(0.0, f - DEPTH_WINDOW), 2), f], "loss.loss_layer_frac": f},
+                         "depth", f))
+    for r in (4, 16, 128):
+        ps.append(Preset(f"rank_{r}", f"adapter rank r = {r}", {"adapter.r": r}, "rank", float(r)))
+    for n in (32, 128, 512):
+        ps.append(Preset(f"n_train_{n}", f"train on {n} contrastive pairs", {"train.n_train": n}, "n_train", float(n)))
+    return {p.name: p for p in ps}
+
+
+PRESETS: dict[str, Preset] = _build()
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`; unknown names list the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown ablation preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def set_path(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of nested `params` with the dotted `path` set to `value`."""
+    out = copy.deepcopy(params)
+    *parents, leaf = path.split(".")
+    node = out
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config path {path!r} goes through {p!r}, which is not a mapping")
+    node[leaf] = value
+    return out
+
+
+def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+    """`cfg` with the preset's delta applied and `preset` recorded; None returns `cfg` unchanged."""
+    if name is None:
+        return cfg
+    preset = get_preset(name)
+    if cfg.method != "innerpissa":
+        raise ValueError(f"ablation preset {name!r} is a delta from method innerpissa, but this run's method is {cfg.method}")
+    method, params = cfg.method, cfg.params
+    for path, value in preset.delta.items():
+        if path == "method":
+            method = value
+        else:
+            params = set_path(params, path, value)
+    check_trained_params(method, params)
+    return RunConfig.model_validate({**cfg.model_dump(), "method": method, "params": params, "preset": name})

@@ -1,0 +1,104 @@
+"""CLI commands `innerpissa sweep` and `innerpissa compare` (registered on the app by importing this module)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..cli import app
+from ..models import DEFAULT_MODEL
+
+
+def _rich(df: pd.DataFrame, title: str) -> Table:
+    t = Table(title=title, show_lines=False)
+    for col in df.columns:
+        t.add_column(str(col))
+    for row in df.itertuples(index=False):
+        t.add_row(*map(str, row))
+    return t
+
+
+def _split(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"--{what} is empty: give a comma-separated list")
+    return items
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep spec YAML (see sweeps/*.yaml)")],
+    root: Annotated[Path, typer.Option(help="results root: runs in ROOT/runs/<hash>/, fits in ROOT/fits/")] = Path("runs"),
+    ray: Annotated[bool, typer.Option("--ray", help="run each run as a Ray task (also implied by $RAY_ADDRESS)")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")] = None,
+    cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs declared per run")] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(help="Ray: GPUs declared per run")] = 0.0,
+    wandb: Annotated[bool, typer.Option("--wandb", help="log each run to Weights & Biases (offline without an API key)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and exit")] = False,
+) -> None:
+    """Expand SPEC into runs and execute them, skipping complete runs and recording failures."""
+    from .sweep import check_methods, expand, load_spec, run_inprocess, run_ray, wandb_logger
+
+    cfgs = expand(load_spec(spec))
+    check_methods(cfgs)
+    console = Console()
+    if dry_run:
+        rows = [{"run": c.content_hash(), "method": c.method, "preset": c.preset or "-", "seed": c.seed,
+                 "params": c.params} for c in cfgs]
+        console.print(_rich(pd.DataFrame(rows), f"{spec}: {len(cfgs)} runs"))
+        return
+    on_done = wandb_logger(root) if wandb else None
+    if ray or address or os.environ.get("RAY_ADDRESS"):
+        summary = run_ray(cfgs, root, address, cpus_per_run, gpus_per_run, on_done=on_done)
+    else:
+        summary = run_inprocess(cfgs, root, on_done=on_done)
+    console.print(summary.table())
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    model: Annotated[str, typer.Option(help="base model spec")] = DEFAULT_MODEL,
+    concept: Annotated[str, typer.Option(help="concept to fit on")] = "honesty",
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "innerpissa,prompt,pca,mean_diff,random,sspace,lora",
+    seeds: Annotated[int, typer.Option(help="seeds per seed-dependent method")] = 3,
+    datasets: Annotated[str, typer.Option(help="comma-separated evaluation datasets")] = "dd-honesty,truthfulqa",
+    coeffs: Annotated[list[float] | None, typer.Option(help="coefficients (repeatable; default -1 0 1)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="small run for a first look: 1 seed, fewer rows and steps")] = False,
+    root: Annotated[Path, typer.Option(help="results root (runs and cached fits)")] = Path("runs"),
+    out: Annotated[Path, typer.Option(help="where Table 1, the bar chart and against-the-grain go")] = Path("results/compare"),
+    eval_limit: Annotated[int | None, typer.Option(help="rows per dataset (whole dilemmas)")] = None,
+    eval_part: Annotated[str, typer.Option(help="DailyDilemmas half: report | tune | all")] = "report",
+    steps: Annotated[int | None, typer.Option(help="training steps of trained methods")] = None,
+    samples: Annotated[int, typer.Option(help="questions with steered generations at c = -1, 0, +1")] = 0,
+    pmass_min: Annotated[float, typer.Option(help="log-ratio is NaN where P(yes)+P(no) is below this")] = 0.1,
+    ray: Annotated[bool, typer.Option("--ray", help="run on Ray (local, or $RAY_ADDRESS / --address)")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
+) -> None:
+    """Fit every method per seed on the same pairs, evaluate at the same coefficients, write Table 1."""
+    from .compare import QUICK, compare_configs, run_compare
+
+    if quick:
+        seeds = QUICK["seeds"]
+        eval_limit = eval_limit or QUICK["eval_limit"]
+        steps = steps or QUICK["steps"]
+    cfgs = compare_configs(_split(methods, "methods"), seeds, model, concept, _split(datasets, "datasets"),
+                           coeffs or [-1.0, 0.0, 1.0], eval_limit, eval_part, steps, samples, pmass_min)
+    res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
+    console = Console()
+    for ds, t in res.table1.items():
+        console.print(_rich(t, f"Table 1 · {ds} · {model} · mean ± 95% CI over seeds"))
+    if res.against_the_grain is not None:
+        console.print(_rich(res.against_the_grain, "Against the grain: c = −1 vs the dishonest prompt"))
+    else:
+        console.print(f"[yellow]no against-the-grain table: {res.against_the_grain_error}[/yellow]")
+    if res.summary.failed:
+        console.print(res.summary.table())
+    console.print(f"tables and chart in {out}/, runs in {root}/runs/")

@@ -1,0 +1,95 @@
+"""`innerpissa compare`: every method × seed fit on the same pairs and scored on the same rows and coefficients,
+then Table 1 (mean ± 95% CI over seeds), a bar chart and the "against the grain" table (c = −1 vs the
+dishonest prompt). Runs go through the sweep machinery, so fits are cached by hash and a rerun skips done work.
+
+Seeds: deterministic methods (prompt, pca, mean_diff, sspace) run once (seed 0) and are marked "1 seed" in the
+table: repeating them would add identical runs and a fake zero-width CI. `prompt` is only defined at
+c ∈ {−1, 0, +1}, so its runs use the requested coefficients that fall in that set.
+Aliases: `prompt_short` = `prompt` with the "Be honest." / "Be dishonest." variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import steerers
+from ..io import atomic_write_json
+from .ablations import set_path
+from .run import DETERMINISTIC, TRAINED, RunConfig
+from .sweep import SweepSummary, make_config, run_inprocess, run_ray
+
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"prompt_short": ("prompt", {"variant": "short"})}
+QUICK = {"seeds": 1, "eval_limit": 40, "steps": 20}
+
+
+def compare_configs(methods: list[str], seeds: int, model: str, concept: str, datasets: list[str],
+                    coeffs: list[float], eval_limit: int | None = None, eval_part: str = "report",
+                    steps: int | None = None, samples: int = 0, pmass_min: float = 0.1) -> list[RunConfig]:
+    """One RunConfig per (method, seed); `steps` overrides train.steps of the trained methods."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    known = steerers.available()
+    unknown = [m for m in methods if m not in known and m not in ALIASES]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(known + list(ALIASES))}")
+    cfgs = []
+    for name in methods:
+        method, params = ALIASES.get(name, (name, {}))
+        if steps is not None and method in TRAINED:
+            params = set_path(params, "train.steps", steps)
+        base = make_config({"model": model, "concept": concept, "method": method, "params": params,
+                            "datasets": datasets, "coeffs": coeffs, "eval_limit": eval_limit,
+                            "eval_part": eval_part, "samples": samples, "pmass_min": pmass_min})
+        discrete = getattr(steerers.get_steerer(method, **base.steerer_params()), "discrete_coeffs", None)
+        if discrete is not None:
+            base = make_config({**base.model_dump(), "coeffs": [c for c in base.coeffs if c in discrete]})
+        for seed in [0] if method in DETERMINISTIC else range(seeds):
+            cfgs.append(base.model_copy(update={"seed": seed}))
+    return cfgs
+
+
+@dataclass
+class CompareResult:
+    """Display tables (Table 1 per dataset, against the grain) and the sweep summary."""
+
+    table1: dict[str, pd.DataFrame]
+    against_the_grain: pd.DataFrame | None
+    summary: SweepSummary
+    against_the_grain_error: str | None = None
+
+
+def run_compare(cfgs: list[RunConfig], root: Path, out: Path, use_ray: bool = False,
+                address: str | None = None) -> CompareResult:
+    """Run (or resume) the comparison runs, then write Table 1 (md/csv/tex + PNG) per dataset to `out`."""
+    from .collect import collect, load_scores
+    from .report import bar_chart
+    from .tables import against_the_grain, table1, write_table
+
+    summary = run_ray(cfgs, root, address=address) if use_ray else run_inprocess(cfgs, root)
+    hashes = {c.content_hash() for c in cfgs} - set(summary.failed)
+    if not hashes:
+        raise ValueError(f"every compare run failed ({len(summary.failed)}); see error.json in {Path(root) / 'runs'}")
+    collected = collect(root)
+    collected = collected[collected["run_hash"].isin(hashes)]
+    out = Path(out)
+    tables = {}
+    for ds in dict.fromkeys(d for c in cfgs for d in c.datasets):
+        tables[ds] = table1(collected, ds)
+        write_table(tables[ds], out / f"table1_{ds}")
+        bar_chart(tables[ds], out / f"table1_{ds}.png")
+    scores = load_scores(root, sorted(hashes))
+    atg, atg_error = None, None
+    try:
+        atg = against_the_grain(collected, scores)
+        write_table(atg, out / "against_the_grain")
+    except ValueError as e:  # e.g. no c = -1 in the coefficients, or no valid log-ratios there
+        atg_error = str(e)
+    atomic_write_json(out / "compare.json", {
+        "root": str(root), "runs": {c.content_hash(): c.model_dump(mode="json") for c in cfgs},
+        "against_the_grain_error": atg_error, **summary.to_json(),
+    })
+    return CompareResult(tables, atg, summary, atg_error)

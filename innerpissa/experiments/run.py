@@ -1,0 +1,265 @@
+"""One run = fit a steerer (cached by its fit hash) + evaluate it at fixed coefficients, on disk under ROOT.
+
+    ROOT/fits/<fit-hash>/  the fitted steerer (steerer.json + tensors), fit.json and DONE. Shared by every run
+                           whose fit-relevant fields (model, concept, method, params incl. seed) match; it appears
+                           atomically (built in a temp dir, then renamed), so a crash never leaves half a fit.
+    ROOT/runs/<hash>/      config.json (RunConfig + environment), scores.parquet, summary.json, samples.json and,
+                           written last, DONE. A dir without DONE is partial (or failed: error.json) and is redone.
+
+Seeds: deterministic methods (`DETERMINISTIC`) ignore the seed, so all their seeds share one fit; `random` gets
+`params.seed` and trained methods `params.train.seed`. The contrastive train/val split is fixed (`PAIR_SEED`) so
+every method and seed is fit on the same pairs. Evaluation rows are the same for every run (seed 0 everywhere).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .. import steerers
+from ..concepts import ContrastPairs, load_concept, make_pairs
+from ..config import AdapterConfig, LossConfig, TrainConfig
+from ..io import atomic_write_json, atomic_write_text
+from ..models import DEFAULT_MODEL, load_model
+from ..steerers import Steerer
+
+DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
+TRAINED = frozenset({"innerpissa", "lora", "dora", "pissa"})
+TRAINED_SECTIONS = {"adapter": AdapterConfig, "loss": LossConfig, "train": TrainConfig}
+TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
+PAIR_SEED = 0
+DATA_SEED = 0
+SAMPLE_TOKENS = 48
+
+Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+
+def check_trained_params(method: str, params: dict[str, Any]) -> None:
+    """Trained methods take nested `adapter`/`loss`/`train` dicts: check every key names a real config field."""
+    for section, sub in params.items():
+        cls = TRAINED_SECTIONS.get(section)
+        if cls is None:
+            raise ValueError(f"unknown config path {section!r} for method {method}: use adapter.*, loss.* or train.*")
+        if not isinstance(sub, dict):
+            raise ValueError(f"params.{section} for method {method} must be a mapping of {cls.__name__} fields")
+        unknown = sorted(set(sub) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown config path(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                f"{section} fields are: {', '.join(cls.model_fields)}"
+            )
+
+
+class RunConfig(BaseModel):
+    """Everything that defines one run; its `content_hash()` names ROOT/runs/<hash>/."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = DEFAULT_MODEL
+    concept: str = "honesty"
+    method: str = "innerpissa"
+    params: dict[str, Any] = Field(default_factory=dict, description="steerer hyper-parameters (nested for trained)")
+    seed: int = 0
+    preset: str | None = Field(None, description="ablation preset name (already applied to method/params)")
+    datasets: tuple[str, ...] = Field(("dd-honesty",), min_length=1)
+    coeffs: tuple[float, ...] = (-1.0, 0.0, 1.0)
+    eval_limit: int | None = Field(None, gt=0, description="rows per dataset (whole dilemmas, seeded) or all")
+    eval_part: Literal["report", "tune", "all"] = Field("report", description="DailyDilemmas half, by dilemma")
+    max_length: int = Field(256, gt=8)
+    batch_size: int = Field(16, gt=0)
+    pmass_min: float = Field(0.1, ge=0, le=1, description="log-ratio is NaN where P(yes)+P(no) is below this")
+    samples: int = Field(0, ge=0, description="prompts with steered generations at c=-1,0,1 (0 = none)")
+
+    @field_validator("coeffs")
+    @classmethod
+    def _has_zero(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if 0.0 not in v:
+            raise ValueError(f"coeffs {list(v)} must include 0 (the unsteered baseline for ΔNLL and flips)")
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _check_params(self) -> "RunConfig":
+        if self.method in TRAINED:
+            check_trained_params(self.method, self.params)
+        return self
+
+    def content_hash(self, n: int = 12) -> str:
+        """Short sha256 of the canonical JSON of the whole config."""
+        return _hash(self.model_dump(mode="json"), n)
+
+    def steerer_params(self) -> dict[str, Any]:
+        """Constructor kwargs for the steerer: `params` with the seed injected where the method uses one."""
+        params = copy.deepcopy(self.params)
+        if self.method in TRAINED:
+            params["train"] = {**params.get("train", {}), "seed": self.seed}
+        elif self.method not in DETERMINISTIC:
+            params["seed"] = self.seed
+        return params
+
+    def fit_key(self) -> dict[str, Any]:
+        """The fit-relevant fields: two runs with equal keys share one fitted steerer."""
+        return {"model": self.model, "concept": self.concept, "method": self.method, "params": self.steerer_params()}
+
+    def fit_hash(self, n: int = 12) -> str:
+        return _hash(self.fit_key(), n)
+
+
+def _hash(obj: Any, n: int) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def run_dir(cfg: RunConfig, root: Path) -> Path:
+    """Where the run's results live."""
+    return Path(root) / "runs" / cfg.content_hash()
+
+
+def is_done(cfg: RunConfig, root: Path) -> bool:
+    """A run is complete only when its DONE marker exists (written last)."""
+    return (run_dir(cfg, root) / "DONE").is_file()
+
+
+# --- models: loaded once per spec per process, evicted if a run left the model modified ---
+
+_MODEL_CACHE: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, tuple]] = {}
+
+
+def _fingerprint(model: PreTrainedModel) -> tuple:
+    """Module structure, hook count and a parameter checksum: any change means a run left the model dirty."""
+    mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for p in model.parameters())
+    return mods, hooks, checksum
+
+
+def load_cached(spec: str) -> Loaded:
+    """(model, tok) for `spec` (incl. the test specs tiny-llama / tiny-qwen2), reusing a clean cached copy."""
+    hit = _MODEL_CACHE.get(spec)
+    if hit is not None and _fingerprint(hit[0]) == hit[2]:
+        return hit[0], hit[1]
+    _MODEL_CACHE.clear()  # one model in memory at a time
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec in TINY_MODELS:
+        from ..testing import tiny_model
+
+        model, tok = tiny_model(TINY_MODELS[spec])
+        model.to(device)
+    else:
+        model, tok = load_model(spec, device=device)
+    _MODEL_CACHE[spec] = (model, tok, _fingerprint(model))
+    return model, tok
+
+
+# --- fitting, cached by fit hash ---
+
+def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
+               val: ContrastPairs, root: Path) -> tuple[Steerer, dict[str, Any]]:
+    """Load the fitted steerer from ROOT/fits/<fit-hash>/ if complete, else fit it and save it there atomically."""
+    fits = Path(root) / "fits"
+    fdir = fits / cfg.fit_hash()
+    if (fdir / "DONE").is_file():
+        steerer = steerers.load_steerer(model, fdir)
+        info = json.loads((fdir / "fit.json").read_text())
+        return steerer, {**info, "reused": True}
+    steerer = steerers.get_steerer(cfg.method, **cfg.steerer_params())
+    t0 = time.perf_counter()
+    steerer.fit(model, tok, train, val)
+    info = {
+        "fit_hash": cfg.fit_hash(), "key": cfg.fit_key(), "seconds": round(time.perf_counter() - t0, 3),
+        "seed_dependent": cfg.method not in DETERMINISTIC, "n_train_pairs": len(train), "n_val_pairs": len(val),
+    }
+    tmp = fits / f".{cfg.fit_hash()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.mkdir(parents=True)
+        steerer.save(tmp)
+        atomic_write_json(tmp / "fit.json", info)
+        atomic_write_text(tmp / "DONE", "")
+        os.rename(tmp, fdir)
+    except OSError:
+        if not (fdir / "DONE").is_file():  # not a lost race with a concurrent worker: a real error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return steerer, {**info, "reused": False}
+
+
+# --- one run ---
+
+def eval_sets(cfg: RunConfig) -> list[Any]:
+    """The evaluation sets of a run: DailyDilemmas sets cut to `eval_part` by dilemma, then to `eval_limit` rows."""
+    from ..eval.datasets import limit_rows, load_dataset, split_by_dilemma
+
+    out = []
+    for name in cfg.datasets:
+        es = load_dataset(name, seed=DATA_SEED)
+        if name.startswith("dd-") and cfg.eval_part != "all":
+            es = split_by_dilemma(es, cfg.eval_part, seed=DATA_SEED)
+        if cfg.eval_limit is not None:
+            es = limit_rows(es, cfg.eval_limit, seed=DATA_SEED)
+        out.append(es)
+    return out
+
+
+def write_samples(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer,
+                  sets: list[Any], out: Path) -> None:
+    """Greedy steered generations at c = -1, 0, +1 for the first `cfg.samples` questions of the first dataset."""
+    from ..generate import generate_table
+
+    msgs = sets[0].rows["messages"].head(cfg.samples)
+    prompts = [next(m["content"] for m in reversed(conv) if m["role"] == "user") for conv in msgs]
+    table = generate_table(model, tok, steerer, prompts, (-1.0, 0.0, 1.0), max_new_tokens=SAMPLE_TOKENS)
+    atomic_write_json(out / "samples.json", table.to_dict(orient="records"))
+
+
+def run_one(cfg: RunConfig, root: Path) -> Path:
+    """Fit (or reuse) the steerer, evaluate it, and write ROOT/runs/<hash>/ ending with DONE; returns the dir.
+
+    A complete run is returned as is; a partial or failed one is deleted and redone. On failure error.json
+    (type, message, traceback) is written and the exception re-raised for the executor to record.
+    """
+    from .evaluate import evaluate_run
+
+    out = run_dir(cfg, root)
+    if (out / "DONE").is_file():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    atomic_write_json(out / "config.json", {"run": cfg.model_dump(mode="json"), "run_hash": cfg.content_hash()})
+    t0 = time.perf_counter()
+    try:
+        model, tok = load_cached(cfg.model)
+        train, val = make_pairs(load_concept(cfg.concept), seed=PAIR_SEED)
+        steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
+        sets = eval_sets(cfg)
+        evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed,
+                     train_pairs=train, batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min)
+        if cfg.samples:
+            write_samples(cfg, model, tok, steerer, sets, out)
+        eval_cfg = json.loads((out / "config.json").read_text())
+        atomic_write_json(out / "config.json", {
+            **eval_cfg, "run": cfg.model_dump(mode="json"), "run_hash": cfg.content_hash(), "fit": fit_info,
+            "host": platform.node(), "wall_seconds": round(time.perf_counter() - t0, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        atomic_write_text(out / "DONE", "")
+    except Exception as e:
+        atomic_write_json(out / "error.json", {
+            "type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(),
+            "run": cfg.model_dump(mode="json"),
+        })
+        raise
+    return out

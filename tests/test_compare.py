@@ -1,0 +1,112 @@
+"""`innerpissa compare` end to end on the tiny model: 2 methods × 2 seeds, Table 1 files, resume skips fits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from innerpissa import cli
+from innerpissa.experiments import evaluate
+from innerpissa.experiments.compare import compare_configs
+from innerpissa.steerers._addition import AdditionSteerer
+from test_sweep import TINY_CONCEPT
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny-model forwards are faster on one thread, and far faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["innerpissa", *args])
+    try:
+        cli.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture
+def counters(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    counts = {"fit": 0, "eval": 0}
+    real_fit = AdditionSteerer.fit  # the fit of pca, mean_diff and random
+
+    def fit(self, *a, **kw):
+        counts["fit"] += 1
+        return real_fit(self, *a, **kw)
+
+    monkeypatch.setattr(AdditionSteerer, "fit", fit)
+    real_eval = evaluate.evaluate_run
+
+    def ev(*a, **kw):
+        counts["eval"] += 1
+        return real_eval(*a, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_run", ev)
+    return counts
+
+
+def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counters) -> None:
+    root, out = tmp_path / "runs", tmp_path / "out"
+    concept = tmp_path / "honesty_small.yaml"
+    concept.write_text(yaml.safe_dump(TINY_CONCEPT))
+    common = ["--model", "tiny-llama", "--concept", str(concept), "--datasets", "dd-honesty", "--eval-limit", "12",
+              "--pmass-min", "0", "--root", str(root)]  # the random tiny model puts little mass on Yes/No
+    # an unrelated earlier run in the same root must not leak into this comparison's table
+    assert _cli(monkeypatch, "compare", "--methods", "mean_diff", "--seeds", "1", *common, "--out", str(tmp_path / "o0")) == 0
+    counters.update(fit=0, eval=0)
+
+    assert _cli(monkeypatch, "compare", "--methods", "random,test_shift_free", "--seeds", "2", *common,
+                "--out", str(out)) == 2  # unknown method: one-line error, nothing run
+    assert counters == {"fit": 0, "eval": 0}
+
+    args = ["compare", "--methods", "random,pca", "--seeds", "2", *common, "--out", str(out)]
+    assert _cli(monkeypatch, *args) == 0
+    # random is seeded (2 runs, 2 fits); pca is deterministic (1 run, marked "1 seed")
+    assert counters == {"fit": 3, "eval": 3}
+    for name in ("table1_dd-honesty.md", "table1_dd-honesty.csv", "table1_dd-honesty.tex", "table1_dd-honesty.png",
+                 "against_the_grain.md", "against_the_grain.csv", "compare.json"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "table1_dd-honesty.csv").set_index("label")
+    assert sorted(table.index) == ["pca", "random"]
+    assert table.loc["random", "n_seeds"] == 2 and table.loc["pca", "n_seeds"] == 1
+    # Table 1's random effect is the mean over its two seeds' run summaries
+    info = json.loads((out / "compare.json").read_text())
+    effects = [json.loads((root / "runs" / h / "summary.json").read_text())["dd-honesty"]["effect"]
+               for h, c in info["runs"].items() if c["method"] == "random"]
+    assert len(effects) == 2 and effects[0] != effects[1]
+    assert table.loc["random", "effect"] == pytest.approx(np.mean(effects))
+    assert "1 seed" in (out / "table1_dd-honesty.md").read_text()
+
+    # rerun: every run is complete, so nothing is fitted or evaluated again
+    counters.update(fit=0, eval=0)
+    assert _cli(monkeypatch, *args) == 0
+    assert counters == {"fit": 0, "eval": 0}
+    # a new seed reuses nothing but the deterministic method stays at one run
+    assert _cli(monkeypatch, *args[:4], "3", *args[5:]) == 0
+    assert counters == {"fit": 1, "eval": 1}
+
+
+def test_compare_configs_seeds_and_coefficients() -> None:
+    cfgs = compare_configs(["random", "prompt", "mean_diff"], 3, "tiny-llama", "honesty", ["dd-honesty"],
+                           [-2.0, -1.0, 0.0, 1.0, 2.0], eval_limit=8)
+    assert [(c.method, c.seed) for c in cfgs] == [("random", 0), ("random", 1), ("random", 2), ("prompt", 0), ("mean_diff", 0)]
+    assert cfgs[0].coeffs == (-2.0, -1.0, 0.0, 1.0, 2.0)
+    assert cfgs[3].coeffs == (-1.0, 0.0, 1.0)  # a prompt is on or off: only c in {-1, 0, +1}
+    short = compare_configs(["prompt_short"], 1, "tiny-llama", "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])
+    assert (short[0].method, short[0].params) == ("prompt", {"variant": "short"})
+    with pytest.raises(ValueError, match="must include 0"):
+        compare_configs(["random"], 1, "tiny-llama", "honesty", ["dd-honesty"], [-1.0, 1.0])
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        compare_configs(["random"], 0, "tiny-llama", "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])

@@ -1,0 +1,287 @@
+"""Sweeps: spec expansion, ablation presets, resume after interruption, failure isolation, the Ray executor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from innerpissa import steerers
+from innerpissa.experiments import run as run_mod
+from innerpissa.experiments.ablations import PRESETS, apply_preset
+from innerpissa.experiments.run import RunConfig
+from innerpissa.experiments.sweep import expand, load_spec, run_inprocess
+from innerpissa.models import decoder_layers
+from innerpissa.steerers.base import TensorSteerer, forward_hooks
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONCEPT = {  # 10 pairs instead of the built-in ~1,000: fits take milliseconds on the tiny model
+    "name": "honesty", "template": "Pretend you're {persona} person making statements about the world.",
+    "positive": "an honest", "negative": "a dishonest", "val_fraction": 0.2,
+    "suffixes": [{"items": ["The sky is", "I think that", "Water boils at", "The capital of France", "My favourite",
+                            "In 1990,", "Cats are", "The truth is", "Honestly,", "The answer"]}],
+}
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny-model forwards are faster on one thread, and far faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope="session")
+def concept(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("concept") / "honesty_small.yaml"
+    path.write_text(yaml.safe_dump(TINY_CONCEPT))
+    return str(path)
+
+
+def _spec(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# --- spec expansion ---
+
+def test_expand_counts_and_stable_hashes(tmp_path: Path) -> None:
+    spec = {
+        "model": "tiny-llama", "method": "innerpissa", "eval_limit": 8,
+        "grid": {"params.adapter.r": [4, 8, 16], "params.loss.tau": [0.1, 0.5]},
+        "lists": [{"params.train.lr": 0.001}, {"params.train.lr": 0.01}],
+        "seeds": [0, 1, 2], "presets": ["full", "no_rotate_v"],
+    }
+    cfgs = expand(load_spec(_spec(tmp_path, spec)))
+    assert len(cfgs) == 2 * 3 * 2 * 2 * 3  # lists × grid × presets × seeds, all distinct
+    hashes = [c.content_hash() for c in cfgs]
+    assert len(set(hashes)) == len(cfgs)
+    assert hashes == [c.content_hash() for c in expand(load_spec(_spec(tmp_path, spec)))]  # same order, same hashes
+    # the hash is the sha256 of the canonical JSON: recompute it independently
+    c = cfgs[5]
+    assert c.content_hash() == hashlib.sha256(json.dumps(c.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    # and is independent of key order inside params
+    p = c.params
+    shuffled = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(p.items()))}
+    assert RunConfig(**{**c.model_dump(), "params": shuffled}).content_hash() == c.content_hash()
+    # every combination present exactly once
+    combos = {(c.params["adapter"]["r"], c.params["loss"]["tau"], c.params["train"]["lr"], c.preset, c.seed) for c in cfgs}
+    assert len(combos) == len(cfgs)
+    nrv = [c for c in cfgs if c.preset == "no_rotate_v"]
+    assert all(c.params["adapter"]["rotate_v"] is False and c.params["adapter"]["r"] in (4, 8, 16) for c in nrv)
+
+
+def test_expand_deterministic_methods_keep_one_seed_and_dedupe(tmp_path: Path) -> None:
+    spec = {"model": "tiny-llama", "lists": [{"method": "mean_diff"}, {"method": "random"}, {"method": "mean_diff"}],
+            "seeds": [3, 4, 5]}
+    cfgs = expand(load_spec(_spec(tmp_path, spec)))
+    assert [(c.method, c.seed) for c in cfgs] == [("mean_diff", 3), ("random", 3), ("random", 4), ("random", 5)]
+    # deterministic methods share one fit whatever the seed; seeded ones do not
+    md = RunConfig(method="mean_diff", seed=0)
+    assert md.fit_hash() == md.model_copy(update={"seed": 7}).fit_hash()
+    rnd = RunConfig(method="random", seed=0)
+    assert rnd.fit_hash() != rnd.model_copy(update={"seed": 7}).fit_hash()
+    assert rnd.model_copy(update={"seed": 7}).steerer_params() == {"seed": 7}
+    ip = RunConfig(method="innerpissa", seed=2, params={"train": {"lr": 0.01}})
+    assert ip.steerer_params() == {"train": {"lr": 0.01, "seed": 2}}
+
+
+def test_presets_are_config_deltas() -> None:
+    base = RunConfig(model="tiny-llama", params={"train": {"steps": 5}})
+    assert apply_preset(base, "full").params == base.params
+    d = apply_preset(base, "depth_0.5")
+    assert d.params == {"train": {"steps": 5}, "adapter": {"layer_range": [0.3, 0.5]}, "loss": {"loss_layer_frac": 0.5}}
+    assert (PRESETS["depth_0.5"].group, PRESETS["depth_0.5"].value) == ("depth", 0.5)
+    nosvd = apply_preset(base, "no_svd")
+    assert (nosvd.method, nosvd.preset, nosvd.params) == ("lora", "no_svd", base.params)
+    # every preset's delta names real config fields (validated by RunConfig)
+    for name in PRESETS:
+        apply_preset(base, name)
+    assert len({apply_preset(base, n).content_hash() for n in PRESETS}) == len(PRESETS)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"method": "innerpissa", "presets": ["no_such_preset"]}, "unknown ablation preset 'no_such_preset'"),
+    ({"method": "innerpissa", "grid": {"params.adapter.rotat_v": [True]}}, r"unknown config path\(s\) adapter.rotat_v"),
+    ({"method": "innerpissa", "grid": {"params.optimizer.lr": [1]}}, "unknown config path 'optimizer'"),
+    ({"method": "innerpissa", "grid": {"learning_rate": [1]}}, "unknown sweep key 'learning_rate'"),
+    ({"method": "innerpissa", "epochs": 3}, r"unknown key\(s\) \['epochs'\]"),
+    ({"method": "innerpissa", "seed": 3}, r"unknown key\(s\) \['seed'\]"),
+    ({"method": "pca", "presets": ["no_rotate_v"]}, "delta from method innerpissa"),
+    ({"method": "pca", "coeffs": [-1, 1]}, "must include 0"),
+    ({"method": "pca", "seeds": []}, "seeds"),
+])
+def test_bad_specs_fail_with_one_line_errors(tmp_path: Path, spec: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as e:
+        expand(load_spec(_spec(tmp_path, spec)))
+    assert "\n" not in str(e.value)
+
+
+def test_example_specs_expand() -> None:
+    specs = sorted((REPO / "sweeps").glob("*.yaml"))
+    assert specs
+    counts = {p.stem: len(expand(load_spec(p))) for p in specs}
+    assert counts["ablations"] == len(PRESETS)
+    # full_seeds' seed-0 run is the very run of ablations' `full` preset (shared, not recomputed)
+    full = {c.content_hash() for c in expand(load_spec(REPO / "sweeps" / "ablations.yaml")) if c.preset == "full"}
+    assert full < {c.content_hash() for c in expand(load_spec(REPO / "sweeps" / "full_seeds.yaml"))}
+
+
+# --- execution: a test-only steerer registered by monkeypatching the registry ---
+
+FITS: list[int] = []
+
+
+class ShiftSteerer(TensorSteerer):
+    """Test-only: adds c·v to decoder layer 1's output (v seeded); `fail=True` makes fit raise."""
+
+    name = "test_shift"
+
+    def __init__(self, seed: int = 0, fail: bool = False) -> None:
+        super().__init__(seed=seed, fail=fail)
+
+    def fit(self, model, tokenizer, pairs, val=None) -> None:
+        FITS.append(self.hparams["seed"])
+        if self.hparams["fail"]:
+            raise RuntimeError("planned failure in fit")
+        g = torch.Generator().manual_seed(self.hparams["seed"])
+        self.tensors = {"v": torch.randn(model.config.hidden_size, generator=g)}
+
+    def steer(self, model, c: float):
+        layer, v = decoder_layers(model)[1], self.tensors["v"]
+
+        def hook(mod, args, out):
+            return (out[0] + c * v, *out[1:]) if isinstance(out, tuple) else out + c * v
+
+        return forward_hooks(lambda: [layer.register_forward_hook(hook)])
+
+
+@pytest.fixture
+def shift_steerer(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    real_get, real_available = steerers.get_steerer, steerers.available
+
+    def get(name: str, **hp):
+        return ShiftSteerer(**hp) if name == "test_shift" else real_get(name, **hp)
+
+    monkeypatch.setattr(steerers, "get_steerer", get)
+    monkeypatch.setattr(steerers, "available", lambda: real_available() + ["test_shift"])
+    FITS.clear()
+    return FITS
+
+
+@pytest.fixture
+def count_evals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from innerpissa.experiments import evaluate
+
+    calls: list[str] = []
+    real = evaluate.evaluate_run
+
+    def counted(*args, **kw):
+        calls.append("eval")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_run", counted)
+    return calls
+
+
+def _cfgs(concept: str, seeds, **kw) -> list[RunConfig]:
+    return [RunConfig(model="tiny-llama", concept=concept, method="test_shift", eval_limit=6, max_length=96, seed=s,
+                      pmass_min=0.0, **kw)
+            for s in seeds]
+
+
+def test_resume_after_interrupted_sweep_runs_only_the_rest(tmp_path: Path, concept, shift_steerer, count_evals, monkeypatch) -> None:
+    cfgs = _cfgs(concept, [0, 1, 2, 3])
+    from innerpissa.experiments import evaluate
+
+    counted = evaluate.evaluate_run
+
+    def interrupt_third(*args, **kw):
+        if len(count_evals) == 2:
+            count_evals.append("interrupted")
+            raise KeyboardInterrupt  # like Ctrl-C / a killed job: not recorded as a failure
+        return counted(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(cfgs, tmp_path)
+    done = [(tmp_path / "runs" / c.content_hash() / "DONE").is_file() for c in cfgs]
+    assert done == [True, True, False, False]
+    partial = tmp_path / "runs" / cfgs[2].content_hash()
+    assert partial.is_dir() and not (partial / "error.json").exists()
+    assert shift_steerer == [0, 1, 2]  # seed 2 was fitted (and cached) before the interruption
+
+    monkeypatch.setattr(evaluate, "evaluate_run", counted)
+    count_evals.clear()
+    shift_steerer.clear()
+    summary = run_inprocess(cfgs, tmp_path)
+    assert summary.skipped == [c.content_hash() for c in cfgs[:2]]
+    assert summary.done == [c.content_hash() for c in cfgs[2:]] and not summary.failed
+    assert len(count_evals) == 2  # only the partial and the missing run were evaluated
+    assert shift_steerer == [3]  # the partial run reused its cached fit; only seed 3 was fitted
+    for c in cfgs:
+        d = tmp_path / "runs" / c.content_hash()
+        assert {"DONE", "config.json", "scores.parquet", "summary.json"} <= {p.name for p in d.iterdir()}
+        conf = json.loads((d / "config.json").read_text())
+        assert conf["run"] == c.model_dump(mode="json") and conf["fit"]["fit_hash"] == c.fit_hash()
+    reused = json.loads((tmp_path / "runs" / cfgs[2].content_hash() / "config.json").read_text())["fit"]["reused"]
+    assert reused is True
+    # a third pass does nothing
+    again = run_inprocess(cfgs, tmp_path)
+    assert len(again.skipped) == 4 and not again.done and len(count_evals) == 2
+
+
+def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path: Path, concept, shift_steerer) -> None:
+    good = _cfgs(concept, [0, 1])
+    bad = _cfgs(concept, [0], params={"fail": True})[0]
+    summary = run_inprocess([good[0], bad, good[1]], tmp_path)
+    assert summary.done == [good[0].content_hash(), good[1].content_hash()]
+    assert list(summary.failed) == [bad.content_hash()]
+    assert "RuntimeError: planned failure in fit" in summary.failed[bad.content_hash()]
+    err = json.loads((tmp_path / "runs" / bad.content_hash() / "error.json").read_text())
+    assert err["type"] == "RuntimeError" and err["message"] == "planned failure in fit"
+    assert "in fit" in err["traceback"] and err["run"]["params"] == {"fail": True}
+    assert not (tmp_path / "runs" / bad.content_hash() / "DONE").exists()
+    assert not (tmp_path / "fits" / bad.fit_hash()).exists()  # a failed fit leaves no cache entry
+    assert json.loads((tmp_path / "sweep_summary.json").read_text())["failed"] == summary.failed
+    rendered = summary.table()
+    assert rendered.row_count == 3
+    # a rerun retries only the failed run
+    again = run_inprocess([good[0], bad, good[1]], tmp_path)
+    assert len(again.skipped) == 2 and list(again.failed) == [bad.content_hash()]
+
+
+def test_model_cache_reuses_clean_models_and_evicts_dirty_ones() -> None:
+    a, _ = run_mod.load_cached("tiny-llama")
+    assert run_mod.load_cached("tiny-llama")[0] is a
+    handle = decoder_layers(a)[0].register_forward_hook(lambda *args: None)  # a leaked hook
+    b, _ = run_mod.load_cached("tiny-llama")
+    handle.remove()
+    assert b is not a
+    with torch.no_grad():
+        next(b.parameters()).add_(1.0)  # weights changed in place (e.g. a merge)
+    assert run_mod.load_cached("tiny-llama")[0] is not b
+
+
+@pytest.mark.ray
+def test_ray_executor_on_local_ray(tmp_path: Path, concept) -> None:
+    from innerpissa.experiments.sweep import run_ray
+
+    common = dict(model="tiny-llama", concept=concept, eval_limit=6, max_length=96, pmass_min=0.0)
+    cfgs = [RunConfig(method=m, seed=s, **common) for m, s in (("random", 0), ("random", 1), ("mean_diff", 0))]
+    bad = RunConfig(method="mean_diff", params={"layers": [99]}, **common)
+    summary = run_ray([*cfgs, bad], tmp_path, num_cpus=2)
+    assert sorted(summary.done) == sorted(c.content_hash() for c in cfgs)
+    assert list(summary.failed) == [bad.content_hash()] and "out of range" in summary.failed[bad.content_hash()]
+    for c in cfgs:
+        assert (tmp_path / "runs" / c.content_hash() / "DONE").is_file()
+        assert (tmp_path / "fits" / c.fit_hash() / "DONE").is_file()
+    assert json.loads((tmp_path / "runs" / bad.content_hash() / "error.json").read_text())["type"] == "ValueError"
+    again = run_ray(cfgs, tmp_path, num_cpus=2)
+    assert len(again.skipped) == 3 and not again.done
