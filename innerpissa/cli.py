@@ -166,5 +166,3 @@ def merge(
 from .experiments import commands as _experiment_commands  # noqa: E402,F401  (sweep, compare)
 from .experiments import report_cli as _report_cli  # noqa: E402,F401  (report)
 from .experiments import eval_cli as _eval_cli  # noqa: E402,F401  (eval)
-from .experiments import report_cli as _report_cli  # noqa: E402,F401  (report)
-from .experiments import eval_cli as _eval_cli  # noqa: E402,F401  (eval)
