@@ -359,21 +359,40 @@ class Trainer:
         total, logged = self.step_loss(b, ref, u)
         return float(total), logged["shift_pos"] - logged["shift_neg"]
 
-    def run(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-        """Train for `steps` optimizer steps (or until early stopping); `stop_after` simulates a crash."""
-        tc = self.tcfg
-        result = TrainResult()
-        batches = self._batches(len(self.train_pairs))
-        used = sorted({i for b in batches for i in b})
+    def prepare(self) -> None:
+        """Fix the batch order, cache the reference, compute u, attach the adapter, build the optimizer."""
+        self.batches = self._batches(len(self.train_pairs))
+        used = sorted({i for b in self.batches for i in b})
         ref_cache = self._build_cache(self.train_pairs, used)
         self.u = L.preference_direction(torch.stack([r[0] - r[3] for r in ref_cache.values()]), self.lcfg.direction_topk)
-        cache = ref_cache if tc.cache_reference else None  # without: recompute the reference every step
+        self.cache = ref_cache if self.tcfg.cache_reference else None  # None: recompute the reference every step
         self.val_cache = self._build_cache(self.val_pairs, list(range(len(self.val_pairs))))
         self.adapter.attach(self)
         self.attached = True
         self._make_optimizer()
         self.best_params = [p.detach().clone() for p in self.adapter.parameters()]
         self.bad_evals = 0
+
+    def optimizer_step(self, step: int) -> list[dict[str, float]]:
+        """One optimizer step over `grad_accum` micro-batches; returns each micro-batch's logged terms."""
+        self.opt.zero_grad(set_to_none=True)
+        logs = []
+        for k in range(self.tcfg.grad_accum):
+            idx = self.batches[step * self.tcfg.grad_accum + k]
+            b = self._encode(self.train_pairs, idx)
+            ref = self._ref_for(idx, self.cache, self.train_pairs, _tc(b))
+            total, logged = self.step_loss(b, ref, self.u)
+            (total / self.tcfg.grad_accum).backward()
+            logs.append(logged)
+        self.opt.step()
+        self.sched.step()
+        return logs
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train for `steps` optimizer steps (or until early stopping); `stop_after` simulates a crash."""
+        tc = self.tcfg
+        result = TrainResult()
+        self.prepare()
         start = 0
         if resume and self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
             start = self.load_checkpoint(result)
@@ -381,22 +400,12 @@ class Trainer:
         for step in bar:
             if stop_after is not None and step >= stop_after:
                 break
-            self.opt.zero_grad(set_to_none=True)
-            logs = []
             try:
-                for k in range(tc.grad_accum):
-                    idx = batches[step * tc.grad_accum + k]
-                    b = self._encode(self.train_pairs, idx)
-                    ref = self._ref_for(idx, cache, self.train_pairs, _tc(b))
-                    total, logged = self.step_loss(b, ref, self.u)
-                    (total / tc.grad_accum).backward()
-                    logs.append(logged)
+                logs = self.optimizer_step(step)
             except TrainingDiverged as e:
                 if self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
                     self.load_checkpoint(result)
                 raise TrainingDiverged(f"{e} at step {step}; adapter rolled back to the last good checkpoint") from None
-            self.opt.step()
-            self.sched.step()
             row = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
             row.update(step=step + 1, lr=self.sched.get_last_lr()[0])
             if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
