@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -285,3 +287,45 @@ def test_ray_executor_on_local_ray(tmp_path: Path, concept) -> None:
     assert json.loads((tmp_path / "runs" / bad.content_hash() / "error.json").read_text())["type"] == "ValueError"
     again = run_ray(cfgs, tmp_path, num_cpus=2)
     assert len(again.skipped) == 3 and not again.done
+
+
+def test_trained_params_are_checked_per_method() -> None:
+    import inspect
+
+    from innerpissa.steerers.peft_lora import PeftSteerer
+
+    # the flat LoRA fields we accept are exactly the peft steerers' constructor arguments
+    sig = set(inspect.signature(PeftSteerer.__init__).parameters) - {"self", "loss", "train", "extra"}
+    assert sig == set(run_mod.PEFT_FIELDS)
+    RunConfig(method="lora", params={"r": 4, "layer_range": [0.2, 0.4], "train": {"steps": 3}})
+    with pytest.raises(ValueError, match="unknown config path 'adapter' for method lora"):
+        RunConfig(method="lora", params={"adapter": {"r": 4}})  # would be silently swallowed by **extra
+    with pytest.raises(ValueError, match="unknown config path 'r' for method innerpissa"):
+        RunConfig(method="innerpissa", params={"r": 4})
+    # no_svd keeps loss, train, modules and layer range; drops the InnerPiSSA-only fields
+    ip = RunConfig(params={"adapter": {"r": 32, "rotate_v": False, "target_modules": ["o_proj"], "layer_range": [0.2, 0.6]},
+                           "loss": {"tau": 0.3}, "train": {"steps": 7}})
+    lo = apply_preset(ip, "no_svd")
+    assert lo.params == {"loss": {"tau": 0.3}, "train": {"steps": 7}, "target_modules": ["o_proj"], "layer_range": [0.2, 0.6]}
+
+
+def test_trained_methods_run_and_never_leak_into_the_next_run(tmp_path: Path, concept) -> None:
+    from innerpissa.adapter import adapter_layers
+
+    common = dict(model="tiny-llama", concept=concept, eval_limit=6, max_length=96, pmass_min=0.0)
+    train = {"steps": 2, "batch_size": 4, "eval_every": 1, "n_val": 2}
+    ip = RunConfig(method="innerpissa", params={"adapter": {"r": 4}, "loss": {"loss_r": 4}, "train": train}, **common)
+    lora = apply_preset(ip, "no_svd")
+    ip_other_rows = ip.model_copy(update={"eval_limit": 8})  # same fit, different evaluation
+    summary = run_inprocess([ip, lora, ip_other_rows], tmp_path)
+    assert not summary.failed and len(summary.done) == 3
+    fits = [json.loads((tmp_path / "runs" / c.content_hash() / "config.json").read_text())["fit"] for c in (ip, lora, ip_other_rows)]
+    assert [f["reused"] for f in fits] == [False, False, True] and fits[0]["fit_hash"] == fits[2]["fit_hash"]
+    model, _ = run_mod.load_cached("tiny-llama")
+    assert not adapter_layers(model)  # the adapter-carrying model was evicted, the cached one is clean
+    scores = {c.eval_limit: pd.read_parquet(tmp_path / "runs" / c.content_hash() / "scores.parquet") for c in (ip, ip_other_rows)}
+    a, b = (s[s.coeff == 1.0].set_index("row_id")["logratio"] for s in scores.values())
+    base = scores[6][scores[6].coeff == 0.0].set_index("row_id")["logratio"]
+    shared = a.index.intersection(b.index)
+    assert len(shared) == 6 and (a - base).abs().max() > 5e-4  # the adapter does steer
+    assert np.allclose(a[shared], b[shared], atol=2e-5)  # and the fit reloaded from ROOT/fits steers identically

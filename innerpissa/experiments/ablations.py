@@ -40,7 +40,8 @@ def _build() -> dict[str, Preset]:
         Preset("no_scale", "no singular-value scaling (rotation only)", {"adapter.scale": "none"}),
         Preset("scale_add", "additive singular-value scaling instead of multiplicative", {"adapter.scale": "add"}),
         Preset("scale_tanh", "tanh-bounded singular-value scaling instead of multiplicative", {"adapter.scale": "tanh"}),
-        Preset("no_svd", "no SVD basis: a LoRA adapter trained with the same ReprPO loss", {"method": "lora"}),
+        Preset("no_svd", "no SVD basis: LoRA (its default rank) on the same modules and layer range, trained with "
+               "the same ReprPO loss and training settings", {"method": "lora"}),
         Preset("no_coherence", "drop the coherence (NLL margin) term", {"loss.coherence": False}),
         Preset("no_monotonic", "drop the monotonic ordering term across c = -1, 0, +1", {"loss.monotonic": False}),
         Preset("adaptive", "adaptive coherence: loosen it for the direction that lags", {"loss.adaptive": True}),
@@ -87,6 +88,16 @@ def set_path(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _to_lora(params: dict[str, Any]) -> dict[str, Any]:
+    """InnerPiSSA params -> LoRA params: same loss/train, same target modules and layer range, no SVD fields."""
+    out = {k: v for k, v in params.items() if k != "adapter"}
+    adapter = params.get("adapter", {})
+    if adapter.get("layers") is not None:
+        raise ValueError("preset no_svd: LoRA takes adapter.layer_range, not explicit adapter.layers")
+    out.update({k: adapter[k] for k in ("target_modules", "layer_range") if k in adapter})
+    return out
+
+
 def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
     """`cfg` with the preset's delta applied and `preset` recorded; None returns `cfg` unchanged."""
     if name is None:
@@ -97,7 +108,7 @@ def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
     method, params = cfg.method, cfg.params
     for path, value in preset.delta.items():
         if path == "method":
-            method = value
+            method, params = value, _to_lora(params)
         else:
             params = set_path(params, path, value)
     check_trained_params(method, params)

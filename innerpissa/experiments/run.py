@@ -37,7 +37,9 @@ from ..models import DEFAULT_MODEL, load_model
 from ..steerers import Steerer
 
 DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
-TRAINED = frozenset({"innerpissa", "lora", "dora", "pissa"})
+PEFT_METHODS = frozenset({"lora", "dora", "pissa"})
+PEFT_FIELDS = frozenset({"r", "alpha", "target_modules", "layer_range"})  # flat kwargs of steerers.peft_lora
+TRAINED = frozenset({"innerpissa"}) | PEFT_METHODS
 TRAINED_SECTIONS = {"adapter": AdapterConfig, "loss": LossConfig, "train": TrainConfig}
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 PAIR_SEED = 0
@@ -48,18 +50,27 @@ Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
 
 def check_trained_params(method: str, params: dict[str, Any]) -> None:
-    """Trained methods take nested `adapter`/`loss`/`train` dicts: check every key names a real config field."""
-    for section, sub in params.items():
-        cls = TRAINED_SECTIONS.get(section)
+    """Check every key of a trained method's params names a real field (its constructor swallows unknown keys).
+
+    innerpissa takes nested `adapter`/`loss`/`train` dicts; lora/dora/pissa take `PEFT_FIELDS` flat plus
+    `loss`/`train` dicts.
+    """
+    flat = PEFT_FIELDS if method in PEFT_METHODS else set()
+    sections = {k: v for k, v in TRAINED_SECTIONS.items() if k != "adapter" or method not in PEFT_METHODS}
+    for key, sub in params.items():
+        if key in flat:
+            continue
+        cls = sections.get(key)
         if cls is None:
-            raise ValueError(f"unknown config path {section!r} for method {method}: use adapter.*, loss.* or train.*")
+            valid = sorted(flat) + [f"{k}.*" for k in sections]
+            raise ValueError(f"unknown config path {key!r} for method {method}: use {', '.join(valid)}")
         if not isinstance(sub, dict):
-            raise ValueError(f"params.{section} for method {method} must be a mapping of {cls.__name__} fields")
+            raise ValueError(f"params.{key} for method {method} must be a mapping of {cls.__name__} fields")
         unknown = sorted(set(sub) - set(cls.model_fields))
         if unknown:
             raise ValueError(
-                f"unknown config path(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
-                f"{section} fields are: {', '.join(cls.model_fields)}"
+                f"unknown config path(s) {', '.join(f'{key}.{k}' for k in unknown)}; "
+                f"{key} fields are: {', '.join(cls.model_fields)}"
             )
 
 
