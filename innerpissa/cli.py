@@ -56,6 +56,7 @@ def train(
     import yaml
 
     from .concepts import load_concept, make_pairs
+    from .config import AdapterConfig, LossConfig, TrainConfig
     from .models import load_model
     from .steerers.innerpissa import InnerPiSSASteerer
 
@@ -72,12 +73,14 @@ def train(
         tr["steps"] = steps
     if seed is not None:
         tr["seed"] = seed
-    try:
-        steerer = InnerPiSSASteerer(adapter=overrides.get("adapter"), loss=overrides.get("loss"), train=tr,
-                                    model=model, concept=concept)
-    except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"bad config value {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    sections = {"adapter": overrides.get("adapter") or {}, "loss": overrides.get("loss") or {}, "train": tr}
+    for name, cls in (("adapter", AdapterConfig), ("loss", LossConfig), ("train", TrainConfig)):
+        try:
+            cls(**sections[name])
+        except pydantic.ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"bad config value {name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    steerer = InnerPiSSASteerer(**sections, model=model, concept=concept)
     spec = load_concept(concept)
     train_pairs, val_pairs = make_pairs(spec, seed=steerer.train_cfg.seed)
     m, tok = load_model(model)
