@@ -110,9 +110,13 @@ def test_addition_adds_exactly_c_v(fitted, pairs, method):
             assert shift * c > 0
 
 
-def test_mean_diff_matches_unbatched_hook_free_computation(fitted, ref_diffs):
-    for layer, v in fitted[2]["mean_diff"].vectors().items():
-        torch.testing.assert_close(v.double(), ref_diffs[layer].mean(0), atol=1e-5, rtol=0)
+def test_mean_diff_matches_unbatched_hook_free_computation(fitted, pairs, ref_diffs):
+    model, tok, steerers = fitted
+    chunked = get_steerer("mean_diff", batch_size=5)  # several length-sorted, pad-trimmed chunks
+    chunked.fit(model, tok, pairs[0])
+    for s in (steerers["mean_diff"], chunked):
+        for layer, v in s.vectors().items():
+            torch.testing.assert_close(v.double(), ref_diffs[layer].mean(0), atol=1e-5, rtol=0)
 
 
 def test_pca_matches_sklearn(fitted, pairs, ref_diffs):
@@ -228,3 +232,23 @@ def test_bad_inputs_fail_clearly(fitted, pairs):
     for m in ("mean_diff", "sspace"):
         with pytest.raises(ValueError, match="refit"):
             steerers[m].steer(small, 1.0)
+
+
+@pytest.mark.slow
+def test_smollm2_defaults_fit_and_c0_identity():
+    """On the real model: default layers are 10-20 of 30, sspace finds o_proj/down_proj, c = 0 is exact."""
+    from innerpissa.models import load_model
+
+    model, tok = load_model()
+    train, val = make_pairs(load_concept("honesty"), seed=0)
+    train = train.subset(list(range(8)))
+    convs = [val.messages(0, True)]
+    raw = model(**encode(tok, convs).model_inputs()).logits
+    done = {}
+    for method in ("mean_diff", "sspace"):
+        done[method] = s = get_steerer(method)
+        s.fit(model, tok, train)
+        assert torch.equal(steered_logits(model, tok, s, convs, 0.0), raw)
+    assert sorted(done["mean_diff"].vectors()) == list(range(10, 21))
+    keys = set(done["sspace"].tensors)
+    assert keys == {f"layers.{l}.{m}" for l in range(10, 21) for m in ("self_attn.o_proj", "mlp.down_proj")}

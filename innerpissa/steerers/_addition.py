@@ -79,9 +79,24 @@ def add_to_outputs(targets: Sequence[tuple[nn.Module, torch.Tensor]], c: float) 
     return forward_hooks(factory)
 
 
-def fit_batches(batch: Batch, batch_size: int, desc: str) -> list[Batch]:
-    """Split a batch into chunks, wrapped in a progress bar (fitting reads activations of every pair)."""
-    return list(tqdm([batch[s: s + batch_size] for s in range(0, len(batch), batch_size)], desc=desc, leave=False))
+def sorted_chunks(batch: Batch, batch_size: int) -> tuple[torch.Tensor, list[Batch]]:
+    """Rows grouped by length into chunks with their leading pad columns cut (inputs are left-padded), so
+    fitting does not run the model on padding; returns (row order, chunks): chunk rows are batch[order]."""
+    lengths = batch.attention_mask.sum(1)
+    order = lengths.argsort(stable=True)
+    chunks = []
+    for s in range(0, len(batch), batch_size):
+        b = batch[order[s: s + batch_size]]
+        start = b.input_ids.shape[1] - int(lengths[order[s: s + batch_size]].max())
+        chunks.append(Batch(*(t[:, start:] for t in (b.input_ids, b.attention_mask, b.position_ids, b.completion_mask))))
+    return order, chunks
+
+
+def unsort(order: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Undo `sorted_chunks`' ordering: rows[i] belongs to batch row order[i]."""
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 def pair_hidden(
@@ -90,13 +105,14 @@ def pair_hidden(
 ) -> dict[int, torch.Tensor]:
     """Last-token residual-stream differences h_chosen − h_rejected per layer: {layer: [n_pairs, d]}."""
     batch = encode_pairs(tok, pairs, max_length).to(next(model.parameters()).device)
-    chunks = [last_token_hidden(model, b, layers, 1, batch_size) for b in fit_batches(batch, batch_size, desc)]
+    order, chunks = sorted_chunks(batch, batch_size)
+    outs = [last_token_hidden(model, b, layers, 1, batch_size) for b in tqdm(chunks, desc=desc, leave=False)]
     n = len(pairs)
-    out = {}
+    diffs = {}
     for l in layers:
-        h = torch.cat([ch[l] for ch in chunks])[:, -1].cpu()
-        out[l] = h[:n] - h[n:]
-    return out
+        h = unsort(order.cpu(), torch.cat([o[l][:, -1].cpu() for o in outs]))
+        diffs[l] = h[:n] - h[n:]
+    return diffs
 
 
 class AdditionSteerer(TensorSteerer):

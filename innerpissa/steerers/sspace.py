@@ -20,12 +20,13 @@ from typing import ContextManager
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import encode_pairs
 from ..concepts import ContrastPairs
 from ..models import decoder_layers
-from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fit_batches, fitted_layers, layer_hparams
+from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fitted_layers, layer_hparams, sorted_chunks, unsort
 from .base import TensorSteerer, forward_hooks
 
 
@@ -83,11 +84,13 @@ class SSpaceSteerer(TensorSteerer):
         hp = self.hparams
         modules = find_modules(model, fitted_layers(model, hp), hp["target_modules"])
         batch = encode_pairs(tokenizer, pairs, hp["max_length"]).to(next(model.parameters()).device)
-        outs = last_token_outputs(model, fit_batches(batch, hp["batch_size"], "sspace: activations"), modules)
+        order, chunks = sorted_chunks(batch, hp["batch_size"])
+        outs = last_token_outputs(model, tqdm(chunks, desc="sspace: activations", leave=False), modules)
         n = len(pairs)
         self.tensors = {}
         for key, module in modules.items():
-            dy = (outs[key][:n] - outs[key][n:]).double().mean(0)
+            y = unsort(order.cpu(), outs[key])
+            dy = (y[:n] - y[n:]).double().mean(0)
             U = torch.linalg.svd(module.weight.detach().double().cpu(), full_matrices=False).U[:, : hp["r"]]
             self.tensors[key] = (U @ (U.T @ dy)).float().contiguous()
 
