@@ -242,7 +242,14 @@ def test_resume_after_interrupted_sweep_runs_only_the_rest(tmp_path: Path, conce
 def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path: Path, concept, shift_steerer) -> None:
     good = _cfgs(concept, [0, 1])
     bad = _cfgs(concept, [0], params={"fail": True})[0]
-    summary = run_inprocess([good[0], bad, good[1]], tmp_path)
+    logged = []
+
+    def flaky_logger(cfg, path):  # e.g. W&B down: must not turn a finished run into a failure
+        logged.append(path.name)
+        raise ConnectionError("logging backend unreachable")
+
+    summary = run_inprocess([good[0], bad, good[1]], tmp_path, on_done=flaky_logger)
+    assert logged == [good[0].content_hash(), good[1].content_hash()]
     assert summary.done == [good[0].content_hash(), good[1].content_hash()]
     assert list(summary.failed) == [bad.content_hash()]
     assert "RuntimeError: planned failure in fit" in summary.failed[bad.content_hash()]
@@ -329,3 +336,13 @@ def test_trained_methods_run_and_never_leak_into_the_next_run(tmp_path: Path, co
     shared = a.index.intersection(b.index)
     assert len(shared) == 6 and (a - base).abs().max() > 5e-4  # the adapter does steer
     assert np.allclose(a[shared], b[shared], atol=2e-5)  # and the fit reloaded from ROOT/fits steers identically
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from innerpissa.experiments.sweep import wandb_logger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail whether or not it is installed
+    with pytest.raises(ValueError, match=r"pip install 'innerpissa\[wandb\]'"):
+        wandb_logger(tmp_path)
