@@ -118,6 +118,8 @@ def test_presets_are_config_deltas() -> None:
     ({"method": "pca", "presets": ["no_rotate_v"]}, "delta from method innerpissa"),
     ({"method": "pca", "coeffs": [-1, 1]}, "must include 0"),
     ({"method": "pca", "seeds": []}, "seeds"),
+    ({"method": "pca", "grid": {"params.layers": []}}, "have no values"),
+    ({"method": "pca", "grid": {"params.layers": 3}}, "grid.params.layers: Input should be a valid list"),
 ])
 def test_bad_specs_fail_with_one_line_errors(tmp_path: Path, spec: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match) as e:

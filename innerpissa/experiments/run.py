@@ -8,7 +8,9 @@
 
 Seeds: deterministic methods (`DETERMINISTIC`) ignore the seed, so all their seeds share one fit; `random` gets
 `params.seed` and trained methods `params.train.seed`. The contrastive train/val split is fixed (`PAIR_SEED`) so
-every method and seed is fit on the same pairs. Evaluation rows are the same for every run (seed 0 everywhere).
+every method and seed is fit on the same pairs. Evaluation rows are the same for every run (`DATA_SEED`); the
+bootstrap CIs use the run's seed. The split into the "tune" and "report" halves applies to DailyDilemmas sets
+(`dd-*`, by dilemma), never to TruthfulQA.
 """
 
 from __future__ import annotations

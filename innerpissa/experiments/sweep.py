@@ -104,8 +104,10 @@ def _override(fields: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
 
 def expand(spec: SweepSpec) -> list[RunConfig]:
     """All runs of the spec (lists × grid × presets × seeds), de-duplicated by content hash, in a stable order."""
+    if empty := [k for k, v in spec.grid.items() if not v]:
+        raise ValueError(f"grid key(s) {empty} have no values: give each at least one")
     keys = list(spec.grid)
-    points = [dict(zip(keys, vals)) for vals in itertools.product(*(spec.grid[k] for k in keys))]
+    points = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(spec.grid[k] for k in keys))]
     out: dict[str, RunConfig] = {}
     for variant in spec.lists or [{}]:
         for point in points:
