@@ -134,6 +134,6 @@ def test_smollm2_answers_the_dd_format() -> None:
 
     model, tok = load_model()
     assert [tok.decode([i]) for i in answer_token_ids(tok, "Yes")] == [" Yes", " yes", "yes", "Yes"]
-    es = limit_rows(load_dataset("dd-honesty"), 8, seed=0)
+    es = limit_rows(load_dataset("dd-honesty"), 4, seed=0)
     table = score(model, tok, Identity(), es, [0.0], progress=False)
     assert table["pmass"].median() > 0.5 and table["logratio"].notna().all()
