@@ -29,9 +29,18 @@ def projection(h_cho: torch.Tensor, h_rej: torch.Tensor, u: torch.Tensor) -> tor
     return ((h_cho - h_rej) @ u).mean(-1)
 
 
+def relative_shift(proj_pi: torch.Tensor, proj_ref: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean projection change vs reference, in units of the reference's mean |projection| (scale-free)."""
+    return (proj_pi - proj_ref).mean() / (proj_ref.abs().mean() + eps)
+
+
 def separation(proj_pi: torch.Tensor, proj_ref: torch.Tensor, sign: float) -> torch.Tensor:
-    """−symlog of the mean shift of the projection vs reference, in direction `sign` (c=+1 up, c=−1 down)."""
-    return -symlog(sign * (proj_pi - proj_ref).mean())
+    """−symlog(sign · relative shift): c = +1 rewards moving the projection up, c = −1 down.
+
+    Dividing by the reference's mean |projection| makes the term comparable across layers and
+    models; symlog gives diminishing returns so neither direction dominates the other.
+    """
+    return -symlog(sign * relative_shift(proj_pi, proj_ref))
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -268,7 +268,7 @@ class Trainer:
             with self._ctx(c), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
             proj = L.projection(hs[:n], hs[n:], u)
-            logged[f"shift_{tag}"] = float((proj - proj_ref).mean().detach())
+            logged[f"shift_{tag}"] = float(L.relative_shift(proj, proj_ref).detach())
             terms[f"sep_{tag}"] = L.separation(proj, proj_ref, c) if lc.separation else zero
             rows = slice(0, n) if c > 0 else slice(n, 2 * n)  # this coefficient's "positive" sequence
             terms[f"coh_{tag}"] = L.coherence(nll[rows], ref.nll[rows], mask[rows], lc.tau) if lc.coherence else zero

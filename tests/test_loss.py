@@ -26,9 +26,13 @@ def test_projection_and_separation():
     proj = L.projection(h_cho, h_rej, u)
     assert torch.allclose(proj, torch.tensor([2.0]))  # mean of (1, 3)
     ref = torch.tensor([0.5])
-    # shift = 1.5: at c=+1 the loss is -log(2.5); at c=-1 it is +log(2.5) (it wants the shift negative)
-    assert math.isclose(L.separation(proj, ref, +1.0).item(), -math.log(2.5), rel_tol=1e-6)
-    assert math.isclose(L.separation(proj, ref, -1.0).item(), math.log(2.5), rel_tol=1e-6)
+    # relative shift = (2 - 0.5) / 0.5 = 3: at c=+1 the loss is -log(4); at c=-1 it is +log(4)
+    assert math.isclose(L.relative_shift(proj, ref).item(), 3.0, rel_tol=1e-5)
+    assert math.isclose(L.separation(proj, ref, +1.0).item(), -math.log(4.0), rel_tol=1e-5)
+    assert math.isclose(L.separation(proj, ref, -1.0).item(), math.log(4.0), rel_tol=1e-5)
+    # batch: mean shift over pairs divided by mean |reference|
+    pi, rf = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 1.0])
+    assert math.isclose(L.relative_shift(pi, rf).item(), 2.0, rel_tol=1e-5)
 
 
 def test_coherence_barrier_only_beyond_tau():
