@@ -348,3 +348,23 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch:
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` fail whether or not it is installed
     with pytest.raises(ValueError, match=r"pip install 'innerpissa\[wandb\]'"):
         wandb_logger(tmp_path)
+
+
+def test_n_pairs_subset_and_stale_fit_cache(tmp_path: Path, shift_steerer) -> None:
+    spec = tmp_path / "c.yaml"
+    spec.write_text(yaml.safe_dump(TINY_CONCEPT))
+    full, sub = _cfgs(str(spec), [0])[0], _cfgs(str(spec), [0], n_pairs=3)[0]
+    assert full.fit_hash() != sub.fit_hash()
+    assert "n_pairs" not in full.fit_key()  # unset fields leave existing fit hashes unchanged
+    train, val = run_mod.fit_pairs(sub)
+    all_train, all_val = run_mod.fit_pairs(full)
+    assert len(train) == 3 and set(train.suffixes) < set(all_train.suffixes) and val == all_val
+    assert run_mod.fit_pairs(sub.model_copy(update={"method": "random", "seed": 5}))[0] == train  # same pairs for all
+    run_inprocess([sub], tmp_path)
+    fit = json.loads((tmp_path / "fits" / sub.fit_hash() / "fit.json").read_text())
+    assert fit["n_train_pairs"] == 3 and fit["pairs_sha256"] == run_mod.pairs_hash(train, val)
+    # the concept file changes under the same name: the cached fit must not be reused silently
+    spec.write_text(yaml.safe_dump({**TINY_CONCEPT, "positive": "a truthful"}))
+    rerun = sub.model_copy(update={"eval_limit": 8})
+    summary = run_inprocess([rerun], tmp_path)
+    assert "was made on other pairs" in summary.failed[rerun.content_hash()]

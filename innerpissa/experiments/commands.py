@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..cli import app
 from ..models import DEFAULT_MODEL
+from .compare import QUICK
 
 
 def _rich(df: pd.DataFrame, title: str) -> Table:
@@ -71,26 +72,29 @@ def compare(
     seeds: Annotated[int, typer.Option(help="seeds per seed-dependent method")] = 3,
     datasets: Annotated[str, typer.Option(help="comma-separated evaluation datasets")] = "dd-honesty,truthfulqa",
     coeffs: Annotated[list[float] | None, typer.Option(help="coefficients (repeatable; default -1 0 1)")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="small run for a first look: 1 seed, fewer rows and steps")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="a first look in minutes: " + ", ".join(
+        f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()))] = False,
     root: Annotated[Path, typer.Option(help="results root (runs and cached fits)")] = Path("runs"),
     out: Annotated[Path, typer.Option(help="where Table 1, the bar chart and against-the-grain go")] = Path("results/compare"),
     eval_limit: Annotated[int | None, typer.Option(help="rows per dataset (whole dilemmas)")] = None,
     eval_part: Annotated[str, typer.Option(help="DailyDilemmas half: report | tune | all")] = "report",
     steps: Annotated[int | None, typer.Option(help="training steps of trained methods")] = None,
+    n_pairs: Annotated[int | None, typer.Option(help="fit every method on this many contrastive pairs")] = None,
     samples: Annotated[int, typer.Option(help="questions with steered generations at c = -1, 0, +1")] = 0,
     pmass_min: Annotated[float, typer.Option(help="log-ratio is NaN where P(yes)+P(no) is below this")] = 0.1,
     ray: Annotated[bool, typer.Option("--ray", help="run on Ray (local, or $RAY_ADDRESS / --address)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
 ) -> None:
     """Fit every method per seed on the same pairs, evaluate at the same coefficients, write Table 1."""
-    from .compare import QUICK, compare_configs, run_compare
+    from .compare import compare_configs, run_compare
 
     if quick:
         seeds = QUICK["seeds"]
         eval_limit = eval_limit or QUICK["eval_limit"]
         steps = steps or QUICK["steps"]
+        n_pairs = n_pairs or QUICK["n_pairs"]
     cfgs = compare_configs(_split(methods, "methods"), seeds, model, concept, _split(datasets, "datasets"),
-                           coeffs or [-1.0, 0.0, 1.0], eval_limit, eval_part, steps, samples, pmass_min)
+                           coeffs or [-1.0, 0.0, 1.0], eval_limit, eval_part, steps, samples, pmass_min, n_pairs)
     res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
     console = Console()
     for ds, t in res.table1.items():

@@ -23,13 +23,15 @@ from .run import DETERMINISTIC, TRAINED, RunConfig
 from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"prompt_short": ("prompt", {"variant": "short"})}
-QUICK = {"seeds": 1, "eval_limit": 40, "steps": 20}
+QUICK = {"seeds": 1, "eval_limit": 40, "steps": 20, "n_pairs": 128}
 
 
 def compare_configs(methods: list[str], seeds: int, model: str, concept: str, datasets: list[str],
                     coeffs: list[float], eval_limit: int | None = None, eval_part: str = "report",
-                    steps: int | None = None, samples: int = 0, pmass_min: float = 0.1) -> list[RunConfig]:
-    """One RunConfig per (method, seed); `steps` overrides train.steps of the trained methods."""
+                    steps: int | None = None, samples: int = 0, pmass_min: float = 0.1,
+                    n_pairs: int | None = None) -> list[RunConfig]:
+    """One RunConfig per (method, seed); `steps` overrides train.steps of the trained methods, `n_pairs` caps
+    the training pairs of every method (one shared subset)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     known = steerers.available()
@@ -43,7 +45,8 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
             params = set_path(params, "train.steps", steps)
         base = make_config({"model": model, "concept": concept, "method": method, "params": params,
                             "datasets": datasets, "coeffs": coeffs, "eval_limit": eval_limit,
-                            "eval_part": eval_part, "samples": samples, "pmass_min": pmass_min})
+                            "eval_part": eval_part, "samples": samples, "pmass_min": pmass_min,
+                            "n_pairs": n_pairs})
         discrete = getattr(steerers.get_steerer(method, **base.steerer_params()), "discrete_coeffs", None)
         if discrete is not None:
             base = make_config({**base.model_dump(), "coeffs": [c for c in base.coeffs if c in discrete]})

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import shutil
 import time
 import traceback
@@ -85,6 +86,7 @@ class RunConfig(BaseModel):
     concept: str = "honesty"
     method: str = "innerpissa"
     params: dict[str, Any] = Field(default_factory=dict, description="steerer hyper-parameters (nested for trained)")
+    n_pairs: int | None = Field(None, gt=0, description="fit on this many training pairs (one seeded subset for all)")
     seed: int = 0
     preset: str | None = Field(None, description="ablation preset name (already applied to method/params)")
     datasets: tuple[str, ...] = Field(("dd-honesty",), min_length=1)
@@ -124,7 +126,8 @@ class RunConfig(BaseModel):
 
     def fit_key(self) -> dict[str, Any]:
         """The fit-relevant fields: two runs with equal keys share one fitted steerer."""
-        return {"model": self.model, "concept": self.concept, "method": self.method, "params": self.steerer_params()}
+        key = {"model": self.model, "concept": self.concept, "method": self.method, "params": self.steerer_params()}
+        return key if self.n_pairs is None else {**key, "n_pairs": self.n_pairs}
 
     def fit_hash(self, n: int = 12) -> str:
         return _hash(self.fit_key(), n)
@@ -178,21 +181,39 @@ def load_cached(spec: str) -> Loaded:
 
 # --- fitting, cached by fit hash ---
 
+def pairs_hash(train: ContrastPairs, val: ContrastPairs) -> str:
+    """sha256 of the exact train/val pairs, so a cached fit is never reused on different data."""
+    blob = json.dumps([[list(p.positive_prompts), list(p.negative_prompts), list(p.suffixes)] for p in (train, val)])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit_pairs(cfg: RunConfig) -> tuple[ContrastPairs, ContrastPairs]:
+    """(train, val) pairs of the concept, split with `PAIR_SEED`; train cut to a seeded `n_pairs` subset if set."""
+    train, val = make_pairs(load_concept(cfg.concept), seed=PAIR_SEED)
+    if cfg.n_pairs is not None and cfg.n_pairs < len(train):
+        train = train.subset(sorted(random.Random(PAIR_SEED).sample(range(len(train)), cfg.n_pairs)))
+    return train, val
+
+
 def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
                val: ContrastPairs, root: Path) -> tuple[Steerer, dict[str, Any]]:
     """Load the fitted steerer from ROOT/fits/<fit-hash>/ if complete, else fit it and save it there atomically."""
     fits = Path(root) / "fits"
     fdir = fits / cfg.fit_hash()
+    data = pairs_hash(train, val)
     if (fdir / "DONE").is_file():
-        steerer = steerers.load_steerer(model, fdir)
         info = json.loads((fdir / "fit.json").read_text())
-        return steerer, {**info, "reused": True}
+        if info.get("pairs_sha256", data) != data:  # fits cached before this check have no hash
+            raise ValueError(f"cached fit {fdir} was made on other pairs (did concept {cfg.concept!r} change?): "
+                             "delete that directory or use another --root")
+        return steerers.load_steerer(model, fdir), {**info, "reused": True}
     steerer = steerers.get_steerer(cfg.method, **cfg.steerer_params())
     t0 = time.perf_counter()
     steerer.fit(model, tok, train, val)
     info = {
         "fit_hash": cfg.fit_hash(), "key": cfg.fit_key(), "seconds": round(time.perf_counter() - t0, 3),
         "seed_dependent": cfg.method not in DETERMINISTIC, "n_train_pairs": len(train), "n_val_pairs": len(val),
+        "pairs_sha256": data,
     }
     tmp = fits / f".{cfg.fit_hash()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -255,7 +276,7 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
     t0 = time.perf_counter()
     try:
         model, tok = load_cached(cfg.model)
-        train, val = make_pairs(load_concept(cfg.concept), seed=PAIR_SEED)
+        train, val = fit_pairs(cfg)
         steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed,
