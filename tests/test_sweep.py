@@ -108,6 +108,22 @@ def test_presets_are_config_deltas() -> None:
     assert len({apply_preset(base, n).content_hash() for n in PRESETS}) == len(PRESETS)
 
 
+def test_every_preset_changes_the_resolved_default_config() -> None:
+    """Guards against presets that silently become no-ops when a default in innerpissa.config changes."""
+    from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
+
+    def resolved(cfg: RunConfig) -> tuple:
+        p = cfg.params
+        return (cfg.method, AdapterConfig(**p.get("adapter", {})), LossConfig(**p.get("loss", {})),
+                TrainConfig(**p.get("train", {})))
+
+    default = resolved(RunConfig())
+    assert resolved(apply_preset(RunConfig(), "full")) == default
+    for name in PRESETS:
+        if name != "full":
+            assert resolved(apply_preset(RunConfig(), name)) != default, name
+
+
 @pytest.mark.parametrize("spec, match", [
     ({"method": "innerpissa", "presets": ["no_such_preset"]}, "unknown ablation preset 'no_such_preset'"),
     ({"method": "innerpissa", "grid": {"params.adapter.rotat_v": [True]}}, r"unknown config path\(s\) adapter.rotat_v"),

@@ -5,8 +5,9 @@ values; the key "method" swaps the method (only `no_svd`, which trains LoRA with
 apply to `method: innerpissa` runs. Seeds are not a preset: list them under `seeds:` in a sweep spec.
 
 Depth presets `depth_<f>` adapt the decoder layers in the depth window [f - 0.2, f] (clipped at 0) and put the
-loss layer at depth f, so every adapted layer lies at or below the layer whose hidden states are separated (the
-default run uses the window [0.3, 0.8] with the loss at 0.8). `last3` adapts the last 3 layers, loss at the last.
+loss layer at depth f, so every adapted layer lies at or below the layer whose hidden states are separated, as
+in the default run (`AdapterConfig.layer_range` ending at `LossConfig.loss_layer_frac`). `last3` adapts the last
+3 layers, loss at the last. A test checks that every preset really changes the resolved default config.
 `Preset.group` and `Preset.value` (e.g. group "depth", value 0.3) let reports plot a family against its value.
 """
 

@@ -11,7 +11,7 @@ Spec (every top-level key except the four below is a `RunConfig` field, the base
       params.train.lr: [0.002, 0.005]
     lists:                     # explicit variants, one run family each (overrides, same key syntax)
       - {method: innerpissa}
-      - {method: lora, params.adapter.r: 8}
+      - {method: lora, params.r: 8}
     seeds: [0, 1, 2]
     presets: [full, no_rotate_v, depth_0.5]   # ablation presets (see ablations.py); default: none
 
