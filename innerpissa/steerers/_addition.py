@@ -147,7 +147,7 @@ class AdditionSteerer(TensorSteerer):
 
     def steer(self, model: PreTrainedModel, c: float) -> ContextManager[None]:
         blocks = decoder_layers(model)
-        d = model.config.hidden_size
+        d = model.get_input_embeddings().embedding_dim
         targets = []
         for l, v in sorted(self.vectors().items()):
             if l >= len(blocks) or v.numel() != d:

@@ -15,7 +15,7 @@ the plain mean output difference). Unit: c = 1 adds one average pair difference 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ContextManager
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..batching import encode_pairs
+from ..batching import Batch, encode_pairs
 from ..concepts import ContrastPairs
 from ..models import decoder_layers
 from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fitted_layers, layer_hparams, sorted_chunks, unsort
@@ -48,7 +48,7 @@ def find_modules(model: PreTrainedModel, layers: Sequence[int], names: Sequence[
 
 
 @torch.no_grad()
-def last_token_outputs(model: PreTrainedModel, batches: Sequence, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+def last_token_outputs(model: PreTrainedModel, batches: Iterable[Batch], modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Output of each module at the last (left-padded) position for every row: {key: [B, out]}."""
     store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
 
