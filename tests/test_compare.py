@@ -110,3 +110,19 @@ def test_compare_configs_seeds_and_coefficients() -> None:
         compare_configs(["random"], 1, "tiny-llama", "honesty", ["dd-honesty"], [-1.0, 1.0])
     with pytest.raises(ValueError, match="--seeds must be >= 1"):
         compare_configs(["random"], 0, "tiny-llama", "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])
+
+
+def test_quick_defaults_and_explicit_options_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from innerpissa.experiments.compare import QUICK
+
+    concept = tmp_path / "honesty_small.yaml"
+    concept.write_text(yaml.safe_dump(TINY_CONCEPT))
+    base = ["compare", "--quick", "--model", "tiny-llama", "--concept", str(concept), "--methods", "random",
+            "--pmass-min", "0", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out")]
+    assert _cli(monkeypatch, *base) == 0
+    runs = list(json.loads((tmp_path / "out" / "compare.json").read_text())["runs"].values())
+    assert len(runs) == QUICK["seeds"] == 1
+    assert (runs[0]["eval_limit"], runs[0]["n_pairs"], runs[0]["datasets"]) == (QUICK["eval_limit"], QUICK["n_pairs"], ["dd-honesty"])
+    assert _cli(monkeypatch, *base, "--seeds", "2", "--eval-limit", "12") == 0
+    runs = list(json.loads((tmp_path / "out" / "compare.json").read_text())["runs"].values())
+    assert [(r["seed"], r["eval_limit"]) for r in runs] == [(0, 12), (1, 12)]

@@ -69,10 +69,11 @@ def compare(
     model: Annotated[str, typer.Option(help="base model spec")] = DEFAULT_MODEL,
     concept: Annotated[str, typer.Option(help="concept to fit on")] = "honesty",
     methods: Annotated[str, typer.Option(help="comma-separated methods")] = "innerpissa,prompt,pca,mean_diff,random,sspace,lora",
-    seeds: Annotated[int, typer.Option(help="seeds per seed-dependent method")] = 3,
-    datasets: Annotated[str, typer.Option(help="comma-separated evaluation datasets")] = "dd-honesty,truthfulqa",
+    seeds: Annotated[int | None, typer.Option(help="seeds per seed-dependent method [default: 3; --quick 1]")] = None,
+    datasets: Annotated[str | None, typer.Option(
+        help="comma-separated evaluation datasets [default: dd-honesty,truthfulqa; with --quick dd-honesty]")] = None,
     coeffs: Annotated[list[float] | None, typer.Option(help="coefficients (repeatable; default -1 0 1)")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="a first look in minutes: " + ", ".join(
+    quick: Annotated[bool, typer.Option("--quick", help="a first look in minutes: defaults become " + ", ".join(
         f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()))] = False,
     root: Annotated[Path, typer.Option(help="results root (runs and cached fits)")] = Path("runs"),
     out: Annotated[Path, typer.Option(help="where Table 1, the bar chart and against-the-grain go")] = Path("results/compare"),
@@ -88,13 +89,12 @@ def compare(
     """Fit every method per seed on the same pairs, evaluate at the same coefficients, write Table 1."""
     from .compare import compare_configs, run_compare
 
-    if quick:
-        seeds = QUICK["seeds"]
-        eval_limit = eval_limit or QUICK["eval_limit"]
-        steps = steps or QUICK["steps"]
-        n_pairs = n_pairs or QUICK["n_pairs"]
-    cfgs = compare_configs(_split(methods, "methods"), seeds, model, concept, _split(datasets, "datasets"),
-                           coeffs or [-1.0, 0.0, 1.0], eval_limit, eval_part, steps, samples, pmass_min, n_pairs)
+    given = {"seeds": seeds, "eval_limit": eval_limit, "steps": steps, "n_pairs": n_pairs, "datasets": datasets}
+    defaults = QUICK if quick else {"seeds": 3, "datasets": "dd-honesty,truthfulqa"}
+    opt = {k: v if v is not None else defaults.get(k) for k, v in given.items()}  # explicit options always win
+    cfgs = compare_configs(_split(methods, "methods"), opt["seeds"], model, concept, _split(opt["datasets"], "datasets"),
+                           coeffs or [-1.0, 0.0, 1.0], opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
+                           opt["n_pairs"])
     res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
     console = Console()
     for ds, t in res.table1.items():

@@ -23,7 +23,7 @@ from .run import DETERMINISTIC, TRAINED, RunConfig
 from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"prompt_short": ("prompt", {"variant": "short"})}
-QUICK = {"seeds": 1, "eval_limit": 40, "steps": 20, "n_pairs": 128}
+QUICK = {"seeds": 1, "eval_limit": 24, "steps": 20, "n_pairs": 128, "datasets": "dd-honesty"}  # --quick defaults
 
 
 def compare_configs(methods: list[str], seeds: int, model: str, concept: str, datasets: list[str],
