@@ -384,3 +384,15 @@ def test_n_pairs_subset_and_stale_fit_cache(tmp_path: Path, shift_steerer) -> No
     rerun = sub.model_copy(update={"eval_limit": 8})
     summary = run_inprocess([rerun], tmp_path)
     assert "was made on other pairs" in summary.failed[rerun.content_hash()]
+
+
+def test_samples_are_steered_generations(tmp_path: Path, concept, shift_steerer) -> None:
+    cfg = _cfgs(concept, [0], samples=2)[0]
+    run_inprocess([cfg], tmp_path)
+    samples = pd.DataFrame(json.loads((tmp_path / "runs" / cfg.content_hash() / "samples.json").read_text()))
+    assert sorted(samples["coeff"]) == [-1.0, -1.0, 0.0, 0.0, 1.0, 1.0] and samples["prompt"].nunique() == 2
+    scores = pd.read_parquet(tmp_path / "runs" / cfg.content_hash() / "scores.parquet")
+    assert set(samples["prompt"]) < {m[-2]["content"] for m in run_mod.eval_sets(cfg)[0].rows["messages"]}
+    by_c = samples.groupby("coeff")["completion"].apply(tuple)
+    assert by_c[1.0] != by_c[0.0] or by_c[-1.0] != by_c[0.0]  # steering changed some greedy completion
+    assert len(scores) == 3 * 6
