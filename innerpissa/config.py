@@ -71,12 +71,12 @@ class TrainConfig(_Strict):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     batch_size: int = Field(8, gt=0, description="pairs per micro-batch")
     grad_accum: int = Field(1, gt=0)
-    steps: int = Field(60, gt=0, description="optimizer steps")
+    steps: int = Field(24, gt=0, description="optimizer steps")
     n_train: int | None = Field(None, gt=0, description="cap on training pairs (None = all)")
-    n_val: int = Field(32, gt=0, description="cap on validation pairs")
-    eval_every: int = Field(20, gt=0, description="validate every N steps")
+    n_val: int = Field(16, gt=0, description="cap on validation pairs")
+    eval_every: int = Field(8, gt=0, description="validate every N steps")
     patience: int | None = Field(None, gt=0, description="early-stop after N validations without improvement")
-    checkpoint_every: int = Field(20, gt=0)
+    checkpoint_every: int = Field(8, gt=0)
     max_length: int = Field(128, gt=8)
     cache_reference: bool = Field(True, description="cache frozen-model hidden states/log-probs once")
     device: str = "auto"
