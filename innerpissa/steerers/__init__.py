@@ -8,6 +8,7 @@ tensors, so `load_steerer(model, dir)` can rebuild it without knowing the method
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import pkgutil
 from pathlib import Path
@@ -31,7 +32,12 @@ def get_steerer(name: str, **hparams: Any) -> Steerer:
     names = available()
     if name not in names:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(names)}")
-    return importlib.import_module(f"{__name__}.{name}").STEERER(**hparams)
+    cls = importlib.import_module(f"{__name__}.{name}").STEERER
+    try:
+        return cls(**hparams)
+    except TypeError as e:  # an unknown keyword: name the valid ones
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs", "extra")]
+        raise ValueError(f"bad hyper-parameters for method {name!r} ({e}); valid: {', '.join(valid)}") from None
 
 
 def load_steerer(model: PreTrainedModel, path: str | Path) -> Steerer:
