@@ -16,6 +16,12 @@ from ..models import DEFAULT_MODEL
 from .compare import QUICK
 
 
+def _console() -> Console:
+    """The terminal's width, or 200 columns when writing to a file/pipe (rich's 80 would crush the tables)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def _rich(df: pd.DataFrame, title: str) -> Table:
     t = Table(title=title, show_lines=False)
     for col in df.columns:
@@ -48,7 +54,7 @@ def sweep(
 
     cfgs = expand(load_spec(spec))
     check_methods(cfgs)
-    console = Console()
+    console = _console()
     if dry_run:
         rows = [{"run": c.content_hash(), "method": c.method, "preset": c.preset or "-", "seed": c.seed,
                  "params": c.params} for c in cfgs]
@@ -96,7 +102,7 @@ def compare(
                            coeffs or [-1.0, 0.0, 1.0], opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
                            opt["n_pairs"])
     res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
-    console = Console()
+    console = _console()
     for ds, t in res.table1.items():
         console.print(_rich(t, f"Table 1 · {ds} · {model} · mean ± 95% CI over seeds"))
     if res.against_the_grain is not None:
