@@ -134,6 +134,8 @@ def test_every_preset_changes_the_resolved_default_config() -> None:
     ({"method": "pca", "presets": ["no_rotate_v"]}, "delta from method innerpissa"),
     ({"method": "pca", "coeffs": [-1, 1]}, "must include 0"),
     ({"method": "pca", "seeds": []}, "seeds"),
+    ({"method": "innerpissa", "grid": {"params.train.steps": [10, 0]}}, "train.steps: Input should be greater than 0"),
+    ({"method": "lora", "params": {"loss": {"tau": -1}}}, "loss.tau: Input should be greater than or equal to 0"),
     ({"method": "pca", "grid": {"params.layers": []}}, "have no values"),
     ({"method": "pca", "grid": {"params.layers": 3}}, "grid.params.layers: Input should be a valid list"),
 ])

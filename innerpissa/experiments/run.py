@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import steerers
@@ -75,6 +75,11 @@ def check_trained_params(method: str, params: dict[str, Any]) -> None:
                 f"unknown config path(s) {', '.join(f'{key}.{k}' for k in unknown)}; "
                 f"{key} fields are: {', '.join(cls.model_fields)}"
             )
+        try:
+            cls(**sub)
+        except ValidationError as e:
+            bad = "; ".join(f"{key}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"bad value for method {method}: {bad}") from None
 
 
 class RunConfig(BaseModel):
