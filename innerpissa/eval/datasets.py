@@ -97,6 +97,12 @@ def _blank(s: pd.Series) -> pd.Series:
     return s.isna() | (s.astype(str).str.strip() == "")
 
 
+def _column_or(frame: pd.DataFrame, col: str, default: pd.Series | str) -> pd.Series:
+    """`frame[col]` as strings with blank cells (or a missing column) filled from `default`."""
+    fill = default if isinstance(default, pd.Series) else pd.Series(default, index=frame.index)
+    return frame[col].astype(str).where(~_blank(frame[col]), fill) if col in frame else fill.astype(str)
+
+
 def from_generic(frame: pd.DataFrame, name: str, info: dict[str, Any] | None = None) -> EvalSet:
     """Validate a generic-format frame and build its EvalSet; errors name the bad rows (1-based)."""
     if frame.empty:
@@ -111,14 +117,13 @@ def from_generic(frame: pd.DataFrame, name: str, info: dict[str, Any] | None = N
     if bad.any():
         raise ValueError(f"dataset {name!r}: empty prompt in rows {_rownums(bad)}")
     rownum = pd.Series((frame.index + 1).astype(str), index=frame.index)
-    given = lambda col, fallback: frame[col].astype(str).where(~_blank(frame[col]), fallback) if col in frame else fallback  # noqa: E731
-    out = pd.DataFrame({"row_id": given("id", rownum)})
+    out = pd.DataFrame({"row_id": _column_or(frame, "id", rownum)})
     if out["row_id"].duplicated().any():
         raise ValueError(f"dataset {name!r}: duplicate id in rows {_rownums(out['row_id'].duplicated(keep=False))}")
-    out["dilemma_id"] = given("group", out["row_id"])
-    for col, default in (("prefill", PREFILL), ("choice_pos", "Yes"), ("choice_neg", "No")):
-        vals = frame[col].where(~_blank(frame[col]), default) if col in frame else pd.Series(default, index=frame.index)
-        out[col] = vals.astype(str).str.rstrip() if col == "prefill" else vals.astype(str).str.strip()
+    out["dilemma_id"] = _column_or(frame, "group", out["row_id"])
+    out["prefill"] = _column_or(frame, "prefill", PREFILL).str.rstrip()
+    out["choice_pos"] = _column_or(frame, "choice_pos", "Yes").str.strip()
+    out["choice_neg"] = _column_or(frame, "choice_neg", "No").str.strip()
     same = out["choice_pos"].str.lower() == out["choice_neg"].str.lower()
     if same.any():
         raise ValueError(f"dataset {name!r}: choice_pos equals choice_neg in rows {_rownums(same)}")
