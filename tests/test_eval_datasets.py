@@ -116,7 +116,10 @@ def test_split_by_dilemma_halves() -> None:
     hon = D.load_dataset("dd-honesty")
     tune, report = D.split_by_dilemma(hon, "tune"), D.split_by_dilemma(hon, "report")
     t, r = set(tune.rows["dilemma_id"]), set(report.rows["dilemma_id"])
-    assert not t & r and t | r == set(hon.rows["dilemma_id"]) and abs(len(t) - len(r)) <= 1
+    assert not t & r and t | r == set(hon.rows["dilemma_id"]) and abs(len(t) - len(r)) < 0.2 * len(t | r)
+    # the halves agree across datasets: no dd-honesty reporting dilemma is in dd-all's tuning half
+    all_tune = set(D.split_by_dilemma(D.load_dataset("dd-all"), "tune").rows["dilemma_id"])
+    assert not r & all_tune and t <= all_tune
     assert tune.rows["row_id"].tolist() == D.split_by_dilemma(hon, "tune").rows["row_id"].tolist()
     assert set(D.split_by_dilemma(hon, "tune", seed=1).rows["dilemma_id"]) != t
     with pytest.raises(ValueError, match="'tune' or 'report'"):

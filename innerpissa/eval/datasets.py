@@ -426,16 +426,19 @@ def load_dataset(name_or_path: str | Path, seed: int = 0, source: Literal["vendo
 
 
 def split_by_dilemma(evalset: EvalSet, part: Literal["tune", "report"], seed: int = 0) -> EvalSet:
-    """Half of the dilemmas (groups), chosen by a seeded shuffle: 'tune' for choosing c, 'report' for results."""
+    """Half of the dilemmas: 'tune' for choosing settings, 'report' for results.
+
+    A dilemma's half is a function of (seed, dilemma id) alone (sha256 parity), so the halves agree across
+    every dataset built from DailyDilemmas (dd-honesty, dd-all, dd-sample-N): tuning on one never leaks
+    reporting rows of another. Halves are ~50/50, not exact.
+    """
     if part not in ("tune", "report"):
         raise ValueError(f"part must be 'tune' or 'report', got {part!r}")
-    groups = np.array(sorted(evalset.rows["dilemma_id"].unique()))
-    if len(groups) < 2:
-        raise ValueError(f"dataset {evalset.name!r} has {len(groups)} dilemma(s): need at least 2 to split")
-    perm = groups[np.random.default_rng(seed).permutation(len(groups))]
-    half = len(groups) // 2
-    keep = set(perm[:half] if part == "tune" else perm[half:])
-    return evalset.select(evalset.rows["dilemma_id"].isin(keep), part=part, split_seed=seed)
+    groups = evalset.rows["dilemma_id"]
+    if groups.nunique() < 2:
+        raise ValueError(f"dataset {evalset.name!r} has {groups.nunique()} dilemma(s): need at least 2 to split")
+    in_tune = groups.map(lambda g: hashlib.sha256(f"{seed}:{g}".encode()).digest()[0] % 2 == 0)
+    return evalset.select(in_tune if part == "tune" else ~in_tune, part=part, split_seed=seed)
 
 
 def limit_rows(evalset: EvalSet, n: int, seed: int = 0) -> EvalSet:
