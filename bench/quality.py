@@ -56,14 +56,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--one-seed", default="lora,random", help="seed-dependent methods run with one seed (time budget)")
     ap.add_argument("--eval-limit", type=int, default=120, help="rows per dataset (whole dilemmas)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig)")
     ap.add_argument("--root", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--out", type=Path, default=Path("results/quality"))
     args = ap.parse_args()
     datasets = ["dd-honesty", "truthfulqa"]
-    cfgs = compare_configs(args.methods.split(","), args.seeds, "smollm2-135m", "honesty", datasets,
-                           [-1.0, 0.0, 1.0], args.eval_limit, "report", args.steps)
+    methods = args.methods.split(",")
+    one = [m for m in methods if m in args.one_seed.split(",")]
+    cfgs = [c for group, seeds in ((one, 1), ([m for m in methods if m not in one], args.seeds)) if group
+            for c in compare_configs(group, seeds, "smollm2-135m", "honesty", datasets, [-1.0, 0.0, 1.0],
+                                     args.eval_limit, "report", args.steps)]
     t = time.perf_counter()
     res = run_compare(cfgs, args.root, args.out)
     coll = collect(args.root)
@@ -71,7 +75,7 @@ def main() -> None:
     stats = {ds: table1(coll, ds).attrs["stats"] for ds in datasets}
     write("quality", {
         "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 dequantized to fp32)",
-        "sizes": {"methods": args.methods.split(","), "seeds": args.seeds, "eval_limit": args.eval_limit,
+        "sizes": {"methods": methods, "seeds": args.seeds, "one_seed": one, "eval_limit": args.eval_limit,
                   "eval_part": "report", "steps": args.steps, "coeffs": [-1, 0, 1], "n_runs": len(cfgs)},
         "wall_time_s": round(time.perf_counter() - t, 1),
         "failed": res.summary.failed,
