@@ -31,13 +31,14 @@ def main() -> None:
     ap.add_argument("--full-seeds", type=int, default=3)
     ap.add_argument("--eval-limit", type=int, default=80)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--n-pairs", type=int, default=128, help="training pairs shared by every run")
     ap.add_argument("--root", type=Path, default=Path("runs/bench-ablations"))
     ap.add_argument("--out", type=Path, default=Path("results/ablations"))
     args = ap.parse_args()
     params = {"train": {"steps": args.steps}} if args.steps else {}
     base = make_config({"model": "smollm2-135m", "concept": "honesty", "method": "innerpissa", "params": params,
                         "datasets": ["dd-honesty"], "coeffs": [-1.0, 0.0, 1.0], "eval_limit": args.eval_limit,
-                        "eval_part": "tune"})
+                        "eval_part": "tune", "n_pairs": args.n_pairs})
     cfgs = []
     for seed in range(args.full_seeds):
         cfgs.append(apply_preset(base.model_copy(update={"seed": seed}), "full"))
@@ -54,7 +55,7 @@ def main() -> None:
     write("ablations", {
         "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 dequantized to fp32)",
         "sizes": {"presets": args.presets.split(","), "full_seeds": args.full_seeds, "other_seeds": 1,
-                  "eval_limit": args.eval_limit, "eval_part": "tune", "steps": args.steps, "coeffs": [-1, 0, 1]},
+                  "eval_limit": args.eval_limit, "eval_part": "tune", "steps": args.steps, "n_pairs": args.n_pairs, "coeffs": [-1, 0, 1]},
         "wall_time_s": round(time.perf_counter() - t, 1),
         "failed": summary.failed,
         "table2": t2.attrs["stats"].to_dict(orient="records"),

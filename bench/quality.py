@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--one-seed", default="lora,random", help="seed-dependent methods run with one seed (time budget)")
     ap.add_argument("--eval-limit", type=int, default=120, help="rows per dataset (whole dilemmas)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig)")
+    ap.add_argument("--n-pairs", type=int, default=128, help="training pairs shared by every method")
     ap.add_argument("--root", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--out", type=Path, default=Path("results/quality"))
     args = ap.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
     one = [m for m in methods if m in args.one_seed.split(",")]
     cfgs = [c for group, seeds in ((one, 1), ([m for m in methods if m not in one], args.seeds)) if group
             for c in compare_configs(group, seeds, "smollm2-135m", "honesty", datasets, [-1.0, 0.0, 1.0],
-                                     args.eval_limit, "report", args.steps)]
+                                     args.eval_limit, "report", args.steps, n_pairs=args.n_pairs)]
     t = time.perf_counter()
     res = run_compare(cfgs, args.root, args.out)
     coll = collect(args.root)
@@ -76,7 +77,7 @@ def main() -> None:
     write("quality", {
         "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 dequantized to fp32)",
         "sizes": {"methods": methods, "seeds": args.seeds, "one_seed": one, "eval_limit": args.eval_limit,
-                  "eval_part": "report", "steps": args.steps, "coeffs": [-1, 0, 1], "n_runs": len(cfgs)},
+                  "eval_part": "report", "steps": args.steps, "n_pairs": args.n_pairs, "coeffs": [-1, 0, 1], "n_runs": len(cfgs)},
         "wall_time_s": round(time.perf_counter() - t, 1),
         "failed": res.summary.failed,
         "table1": {ds: s.to_dict(orient="records") for ds, s in stats.items()},
