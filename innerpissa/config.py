@@ -54,7 +54,7 @@ class LossConfig(_Strict):
     separation: bool = True
     sep_weight: float = Field(1.0, ge=0)
     coherence: bool = True
-    coh_weight: float = Field(1.0, ge=0)
+    coh_weight: float = Field(3.0, ge=0, description="chosen on the dd-honesty tuning half, see docs/ideas_that_failed.md")
     tau: float = Field(0.5, ge=0, description="coherence margin: allowed per-token NLL increase, nats")
     monotonic: bool = True
     mono_weight: float = Field(1.0, ge=0)
@@ -66,7 +66,7 @@ class TrainConfig(_Strict):
     """Optimisation: AdamW + schedule, batches, validation/early stopping, checkpoints."""
 
     seed: int = 0
-    lr: float = Field(5e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     batch_size: int = Field(8, gt=0, description="pairs per micro-batch")
