@@ -22,7 +22,7 @@ from innerpissa.experiments.sweep import make_config, run_inprocess  # noqa: E40
 from innerpissa.experiments.tables import ideas_that_failed, table2_ablations, write_table  # noqa: E402
 
 PRESETS = ("no_rotate_v,rotate_u,no_scale,scale_add,scale_tanh,no_svd,no_coherence,no_monotonic,adaptive,"
-           "coh_weight_0.1,coh_weight_10,depth_0.5,last3,modules_o_proj,modules_down_proj,rank_16,n_train_32")
+           "coh_weight_1,coh_weight_10,depth_0.5,last3,modules_o_proj,modules_down_proj,rank_16,n_train_32")
 
 
 def main() -> None:

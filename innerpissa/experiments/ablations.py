@@ -51,8 +51,8 @@ def _build() -> dict[str, Preset]:
         Preset("last3", "adapt the last 3 decoder layers, loss at the last layer",
                {"adapter.layers": [-3, -2, -1], "loss.loss_layer_frac": 1.0}, "depth", 1.0),
     ]
-    for w in (0.1, 0.3, 3.0, 10.0):
-        ps.append(Preset(f"coh_weight_{w:g}", f"coherence weight {w:g} (separation weight 1)",
+    for w in (0.3, 1.0, 10.0, 30.0):
+        ps.append(Preset(f"coh_weight_{w:g}", f"coherence weight {w:g} (separation weight 1; default 3)",
                          {"loss.coh_weight": w}, "coh_weight", w))
     for i in range(1, 10):
         f = i / 10
