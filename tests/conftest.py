@@ -12,3 +12,23 @@ def _threads(request):
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run `innerpissa ARGS...` in-process: returns (exit code, stdout, stderr)."""
+    import sys
+
+    from innerpissa.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["innerpissa", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from innerpissa.cli import main
 from innerpissa.testing import tiny_model
 
 SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
          "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["innerpissa", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +24,18 @@ def saved(tmp_path_factory):
     return root
 
 
-def test_train_generate_merge(monkeypatch, capsys, saved):
+def test_train_generate_merge(run_cli, saved):
     out = saved / "adapter"
-    code, stdout, err = _cli(monkeypatch, capsys, "train", "--model", str(saved / "model"), "--out", str(out),
+    code, stdout, err = run_cli("train", "--model", str(saved / "model"), "--out", str(out),
                              "--config", str(saved / "small.yaml"))
     assert code == 0, err
     assert (out / "steerer.json").exists() and (out / "adapter.safetensors").exists() and (out / "train_log.csv").exists()
-    code, stdout, err = _cli(monkeypatch, capsys, "generate", "--adapter", str(out), "--prompt", "Tell me a fact.",
+    code, stdout, err = run_cli("generate", "--adapter", str(out), "--prompt", "Tell me a fact.",
                              "--coeffs", "-1", "--coeffs", "0", "--coeffs", "1", "--max-new-tokens", "4")
     assert code == 0, err
     assert "c = -1" in stdout and "c = +1" in stdout
     merged = saved / "merged"
-    code, stdout, err = _cli(monkeypatch, capsys, "merge", "--adapter", str(out), "--coeff", "0.8", "--out", str(merged))
+    code, stdout, err = run_cli("merge", "--adapter", str(out), "--coeff", "0.8", "--out", str(merged))
     assert code == 0, err
     plain = AutoModelForCausalLM.from_pretrained(merged)  # loads without innerpissa
     assert not any("InnerPiSSA" in type(m).__name__ for m in plain.modules())
@@ -64,20 +50,20 @@ def test_train_generate_merge(monkeypatch, capsys, saved):
     (["train", "--config", "/does/not/exist.yaml"], "config file not found"),
     (["generate", "--adapter", "/nowhere", "--prompt", "hi"], "not a trained adapter directory"),
 ])
-def test_bad_input_one_line_error(monkeypatch, capsys, args, message):
-    code, _, err = _cli(monkeypatch, capsys, *args)
+def test_bad_input_one_line_error(run_cli, args, message):
+    code, _, err = run_cli(*args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bad_config_value_and_wrong_base(monkeypatch, capsys, saved, tmp_path):
+def test_bad_config_value_and_wrong_base(run_cli, saved, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"adapter": {"scale": "cubic"}}))
-    code, _, err = _cli(monkeypatch, capsys, "train", "--model", str(saved / "model"), "--config", str(bad),
+    code, _, err = run_cli("train", "--model", str(saved / "model"), "--config", str(bad),
                         "--out", str(tmp_path / "o"))
     assert code == 2 and "adapter.scale" in err and not (tmp_path / "o").exists()
-    code, _, err = _cli(monkeypatch, capsys, "train", "--model", str(saved / "model"), "--out", str(tmp_path / "a"),
+    code, _, err = run_cli("train", "--model", str(saved / "model"), "--out", str(tmp_path / "a"),
                         "--config", str(saved / "small.yaml"))
     assert code == 0, err
-    code, _, err = _cli(monkeypatch, capsys, "merge", "--adapter", str(tmp_path / "a"), "--coeff", "1",
+    code, _, err = run_cli("merge", "--adapter", str(tmp_path / "a"), "--coeff", "1",
                         "--model", str(saved / "other"), "--out", str(tmp_path / "m"))
     assert code == 2 and "trained on base model" in err and not (tmp_path / "m").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -92,22 +91,13 @@ def saved(tmp_path_factory, tiny):
     return root
 
 
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from innerpissa.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["innerpissa", "eval", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+def _cli(run_cli, *args: str) -> tuple[int, str, str]:
+    return run_cli("eval", *args)
 
 
-def test_cli_eval_end_to_end(monkeypatch, capsys, saved) -> None:
+def test_cli_eval_end_to_end(run_cli, saved) -> None:
     out = saved / "eval"
-    code, stdout, err = _cli(monkeypatch, capsys, "--adapter", str(saved / "adapter"), "--model", str(saved / "model"),
+    code, stdout, err = _cli(run_cli, "--adapter", str(saved / "adapter"), "--model", str(saved / "model"),
                              "--dataset", "dd-honesty", "--coeffs", "-2", "-1", "0", "1", "2", "--limit", "6",
                              "--concept", "honesty", "--n-boot", "20", "--out", str(out))
     assert code == 0, err
@@ -122,21 +112,21 @@ def test_cli_eval_end_to_end(monkeypatch, capsys, saved) -> None:
     (["--coeffs", "1", "oops"], "unexpected argument 'oops'"),
     (["--dataset", "dd-sample-0"], "cannot sample 0 dilemmas"),
 ])
-def test_cli_input_errors(monkeypatch, capsys, saved, args, message) -> None:
-    code, _, err = _cli(monkeypatch, capsys, "--adapter", str(saved / "adapter"), "--model", str(saved / "model"), *args)
+def test_cli_input_errors(run_cli, saved, args, message) -> None:
+    code, _, err = _cli(run_cli, "--adapter", str(saved / "adapter"), "--model", str(saved / "model"), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_malformed_file_missing_adapter_and_other_model(monkeypatch, capsys, saved, tmp_path) -> None:
+def test_cli_malformed_file_missing_adapter_and_other_model(run_cli, saved, tmp_path) -> None:
     bad = tmp_path / "mine.csv"
     pd.DataFrame({"prompt": ["a?", "b?", "c?"], "label:x": [1, 5, -1]}).to_csv(bad, index=False)
-    code, _, err = _cli(monkeypatch, capsys, "--adapter", str(saved / "adapter"), "--dataset", str(bad))
+    code, _, err = _cli(run_cli, "--adapter", str(saved / "adapter"), "--dataset", str(bad))
     assert code == 2 and "bad values in rows 2" in err
-    code, _, err = _cli(monkeypatch, capsys, "--adapter", str(tmp_path), "--model", str(saved / "model"))
+    code, _, err = _cli(run_cli, "--adapter", str(tmp_path), "--model", str(saved / "model"))
     assert code == 2 and "no steerer.json" in err
-    code, _, err = _cli(monkeypatch, capsys, "--adapter", str(saved / "adapter"))
+    code, _, err = _cli(run_cli, "--adapter", str(saved / "adapter"))
     assert code == 2 and "records no base model: pass --model" in err
-    code, _, err = _cli(monkeypatch, capsys, "--adapter", str(saved / "adapter"), "--model", str(saved / "other"),
+    code, _, err = _cli(run_cli, "--adapter", str(saved / "adapter"), "--model", str(saved / "other"),
                         "--limit", "2", "--out", str(tmp_path / "x"))
     assert code == 2 and "do not fit this model" in err
     assert not (tmp_path / "x").exists()  # nothing half-written
