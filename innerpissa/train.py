@@ -292,6 +292,7 @@ class Trainer:
         params = self.adapter.parameters()
         tensors = {f"param.{i}": p for i, p in enumerate(params)}
         tensors.update({f"best.{i}": t for i, t in enumerate(self.best_params)})
+        tensors["rng.torch"] = torch.get_rng_state()  # data order is fixed up front; this covers any other draw
         opt = self.opt.state_dict()
         for i, st in opt["state"].items():
             for k, v in st.items():
@@ -324,6 +325,7 @@ class Trainer:
             for i, p in enumerate(params):
                 p.copy_(tensors[f"param.{i}"])
         self.best_params = [tensors[f"best.{i}"].to(self.device) for i in range(len(params))]
+        torch.set_rng_state(tensors["rng.torch"])
         state = {}
         for key, v in tensors.items():
             if key.startswith("opt."):
