@@ -22,6 +22,7 @@ from common import write  # noqa: E402
 from innerpissa.experiments.compare import compare_configs, run_compare  # noqa: E402
 from innerpissa.experiments.collect import collect  # noqa: E402
 from innerpissa.experiments.tables import table1  # noqa: E402
+from innerpissa.io import atomic_write_text  # noqa: E402
 
 METHODS = "innerpissa,prompt,pca,mean_diff,random,sspace,lora"
 
@@ -83,7 +84,22 @@ def main() -> None:
         "table1": {ds: s.to_dict(orient="records") for ds, s in stats.items()},
         "target": verdict(stats["dd-honesty"], "dd-honesty"),
     })
-    print((args.out / "table1_dd-honesty.md").read_text())
+    write_compact(coll, stats, args.out / "summary.md")
+    print((args.out / "summary.md").read_text())
+
+
+def write_compact(coll, stats: dict, path: Path) -> None:
+    """A short README table per dataset: effect with CI and p, dNLL, Gain, and the raw Yes-shift (mean over seeds)."""
+    lines = []
+    for ds, st in stats.items():
+        raw = coll[coll["dataset"] == ds].groupby("method")["raw_shift"].mean()
+        lines += [f"**{ds}**", "", "| method | seeds | effect per unit c [95% CI] | p | ΔNLL at |c|=1 | Gain | raw Yes-shift per unit c |",
+                  "|---|---|---|---|---|---|---|"]
+        for _, r in st.iterrows():
+            lines.append(f"| {r['label']} | {int(r['n_seeds'])} | {r['effect']:+.3f} [{r['effect_lo']:+.3f}, {r['effect_hi']:+.3f}] | "
+                         f"{r['effect_p']:.2g} | {r['dnll']:.3f} | {r['gain']:.0f} | {raw.get(r['method'], np.nan):+.3f} |")
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines))
 
 
 if __name__ == "__main__":
