@@ -13,6 +13,15 @@ import torch
 from safetensors.torch import save_file
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def atomic_write(path: Path, writer: Callable[[str], None]) -> None:
     """Call `writer(tmp_path)` then rename tmp onto `path`; on error the temp file is removed."""
     path = Path(path)
@@ -21,6 +30,7 @@ def atomic_write(path: Path, writer: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
