@@ -5,13 +5,22 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _threads(request):
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One thread for the session, so module-scoped fixtures (fits on tiny models) get it too."""
     n = torch.get_num_threads()
-    if request.node.get_closest_marker("slow") is None:
-        torch.set_num_threads(1)
-    yield
+    torch.set_num_threads(1)
+    yield n
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _threads(request, _one_thread):
+    """`slow` tests (the real SmolLM2) get the machine's default thread count back."""
+    if request.node.get_closest_marker("slow") is not None:
+        torch.set_num_threads(_one_thread)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

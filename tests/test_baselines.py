@@ -19,13 +19,6 @@ ADDITION = ("pca", "mean_diff", "random")
 LAYERS = [1, 2]  # the default layer_range (0.35, 0.7) of a 4-layer model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~100× faster single-threaded on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

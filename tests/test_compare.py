@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from innerpissa import cli
@@ -19,14 +18,6 @@ from innerpissa.steerers._addition import AdditionSteerer
 from test_sweep import TINY_CONCEPT
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model forwards are faster on one thread, and far faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     monkeypatch.setattr(sys, "argv", ["innerpissa", *args])

@@ -30,14 +30,6 @@ TINY_CONCEPT = {  # 10 pairs instead of the built-in ~1,000: fits take milliseco
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model forwards are faster on one thread, and far faster on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope="session")
 def concept(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("concept") / "honesty_small.yaml"

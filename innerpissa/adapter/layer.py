@@ -32,11 +32,6 @@ def rotation(A: torch.Tensor, c: float, kind: str = "cayley") -> torch.Tensor:
     return torch.linalg.solve(eye - 0.5 * c * A, eye + 0.5 * c * A)
 
 
-def top_dims(S: torch.Tensor, r: int) -> torch.Tensor:
-    """Indices of the r largest singular values (SVD returns them sorted)."""
-    return torch.arange(min(r, S.numel()))
-
-
 def contrast_dims(S: torch.Tensor, V: torch.Tensor, x_cho: torch.Tensor, x_rej: torch.Tensor, r: int) -> torch.Tensor:
     """Data-aware choice: the r directions whose output moves most between chosen and rejected inputs.
 
@@ -63,7 +58,7 @@ class InnerPiSSALinear(nn.Module):
         self.coeff = 0.0
         if frozen is None:  # fresh: full SVD in fp32 of the frozen weight
             U, S, Vh = torch.linalg.svd(base.weight.detach().float(), full_matrices=False)
-            idx = top_dims(S, cfg.r) if dims is None else dims
+            idx = torch.arange(min(cfg.r, S.numel())) if dims is None else dims  # SVD sorts S: top-r first
             frozen = {"U": U[:, idx].contiguous(), "S": S[idx].contiguous(), "V": Vh[idx].T.contiguous()}
         self.register_buffer("U", frozen["U"])  # [out, r]
         self.register_buffer("S", frozen["S"])  # [r]
