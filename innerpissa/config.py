@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -16,6 +16,27 @@ class _Strict(BaseModel):
         """Short sha256 of the canonical JSON of this config (names run/cache directories)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def validation_message(e: ValidationError, prefix: str = "") -> str:
+    """pydantic's multi-line report as one line, `loc: msg; ...` (locs under `prefix`), for one-line errors."""
+    def loc(err: dict) -> str:
+        return ".".join(map(str, ([prefix] if prefix else []) + list(err["loc"]))) or "config"
+
+    return "; ".join(f"{loc(err)}: {err['msg']}" for err in e.errors())
+
+
+def parse_section(cls: type[_Strict], values: dict | None, name: str) -> _Strict:
+    """`cls(**values)`, but an unknown key or bad value raises one ValueError line naming it and the valid fields."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"unknown config path(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+                         f"{name} fields are: {', '.join(cls.model_fields)}")
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise ValueError(f"bad config value {validation_message(e, name)}") from None
 
 
 class AdapterConfig(_Strict):
@@ -81,13 +102,3 @@ class TrainConfig(_Strict):
     cache_reference: bool = Field(True, description="cache frozen-model hidden states/log-probs once")
     device: str = "auto"
     bf16: bool = Field(True, description="bf16 autocast when on CUDA (ignored on CPU)")
-
-
-class RunSpec(_Strict):
-    """Everything that defines a trained InnerPiSSA adapter (its hash names the run directory)."""
-
-    model: str = "smollm2-135m"
-    concept: str = "honesty"
-    adapter: AdapterConfig = AdapterConfig()
-    loss: LossConfig = LossConfig()
-    train: TrainConfig = TrainConfig()
