@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pydantic
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -56,7 +55,7 @@ def train(
     import yaml
 
     from .concepts import load_concept, make_pairs
-    from .config import AdapterConfig, LossConfig, TrainConfig
+    from .config import AdapterConfig, LossConfig, TrainConfig, parse_section
     from .models import load_model
     from .steerers.innerpissa import InnerPiSSASteerer
 
@@ -75,11 +74,7 @@ def train(
         tr["seed"] = seed
     sections = {"adapter": overrides.get("adapter") or {}, "loss": overrides.get("loss") or {}, "train": tr}
     for name, cls in (("adapter", AdapterConfig), ("loss", LossConfig), ("train", TrainConfig)):
-        try:
-            cls(**sections[name])
-        except pydantic.ValidationError as e:
-            err = e.errors()[0]
-            raise UserError(f"bad config value {name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        parse_section(cls, sections[name], name)  # one-line error naming the bad key/value (exit 2)
     steerer = InnerPiSSASteerer(**sections, model=model, concept=concept)
     spec = load_concept(concept)
     train_pairs, val_pairs = make_pairs(spec, seed=steerer.train_cfg.seed)

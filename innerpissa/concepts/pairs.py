@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .. import DATA_DIR
+from ..config import validation_message
 
 SUFFIX_DIR = DATA_DIR / "contrastive_suffixes"
 CONCEPT_DIR = Path(__file__).parent
@@ -112,8 +113,7 @@ def load_concept(name_or_path: str) -> ConceptSpec:
     try:
         return ConceptSpec(**raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConceptError(f"{path}: invalid concept spec ({problems})") from None
+        raise ConceptError(f"{path}: invalid concept spec ({validation_message(e)})") from None
 
 
 def _word_prefixes(text: str) -> list[str]:

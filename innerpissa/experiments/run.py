@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import steerers
 from ..concepts import ContrastPairs, load_concept, make_pairs
-from ..config import AdapterConfig, LossConfig, TrainConfig
+from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
 from ..models import DEFAULT_MODEL, load_model
 from ..steerers import Steerer
@@ -69,17 +69,7 @@ def check_trained_params(method: str, params: dict[str, Any]) -> None:
             raise ValueError(f"unknown config path {key!r} for method {method}: use {', '.join(valid)}")
         if not isinstance(sub, dict):
             raise ValueError(f"params.{key} for method {method} must be a mapping of {cls.__name__} fields")
-        unknown = sorted(set(sub) - set(cls.model_fields))
-        if unknown:
-            raise ValueError(
-                f"unknown config path(s) {', '.join(f'{key}.{k}' for k in unknown)}; "
-                f"{key} fields are: {', '.join(cls.model_fields)}"
-            )
-        try:
-            cls(**sub)
-        except ValidationError as e:
-            bad = "; ".join(f"{key}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-            raise ValueError(f"bad value for method {method}: {bad}") from None
+        parse_section(cls, sub, key)
 
 
 class RunConfig(BaseModel):

@@ -42,6 +42,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .. import steerers
+from ..config import validation_message
 from ..io import atomic_write_json
 from .ablations import apply_preset, set_path
 from .run import DETERMINISTIC, RunConfig, is_done, run_one
@@ -78,11 +79,7 @@ def load_spec(path: Path) -> SweepSpec:
     try:
         return SweepSpec(base=base, **{k: raw[k] for k in SPEC_KEYS if k in raw})
     except ValidationError as e:
-        raise ValueError(f"{path}: {_one_line(e)}") from None
-
-
-def _one_line(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"{path}: {validation_message(e)}") from None
 
 
 def make_config(fields: dict[str, Any]) -> RunConfig:
@@ -90,7 +87,7 @@ def make_config(fields: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig(**fields)
     except ValidationError as e:
-        raise ValueError(f"invalid run config ({_one_line(e)})") from None
+        raise ValueError(f"invalid run config ({validation_message(e)})") from None
 
 
 def _override(fields: dict[str, Any], key: str, value: Any) -> dict[str, Any]:

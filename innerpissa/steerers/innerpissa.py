@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import adapter as A
 from ..concepts import ContrastPairs
-from ..config import AdapterConfig, LossConfig, TrainConfig
+from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_text
 from ..train import TrainResult, Trainer
 from .base import Messages, save_meta
@@ -31,11 +31,14 @@ class InnerPiSSASteerer:
 
     name = "innerpissa"
 
-    def __init__(self, adapter: dict | None = None, loss: dict | None = None, train: dict | None = None, **extra: Any) -> None:
-        self.adapter_cfg = AdapterConfig(**(adapter or {}))
-        self.loss_cfg = LossConfig(**(loss or {}))
-        self.train_cfg = TrainConfig(**(train or {}))
-        self.extra = extra  # recorded, e.g. model spec / concept name
+    def __init__(self, adapter: dict | None = None, loss: dict | None = None, train: dict | None = None,
+                 model: str | None = None, concept: str | None = None) -> None:
+        """Sections are validated field by field (a typo raises, naming the valid fields); `model`/`concept` are
+        only recorded (the base-model spec and concept name a saved adapter was trained with)."""
+        self.adapter_cfg = parse_section(AdapterConfig, adapter, "adapter")
+        self.loss_cfg = parse_section(LossConfig, loss, "loss")
+        self.train_cfg = parse_section(TrainConfig, train, "train")
+        self.extra = {k: v for k, v in (("model", model), ("concept", concept)) if v is not None}
         self.model: PreTrainedModel | None = None
         self.result: TrainResult | None = None
 
