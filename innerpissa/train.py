@@ -38,8 +38,6 @@ from .config import AdapterConfig, LossConfig, TrainConfig
 from .io import atomic_save_tensors, atomic_write_json
 from .models import decoder_layers
 
-TERMS = ("sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono")
-
 
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN/inf; the adapter was rolled back to the last good checkpoint."""
@@ -141,8 +139,9 @@ class InnerPiSSATrainable:
         self.model, self.cfg = model, cfg
 
     def attach(self, trainer: "Trainer") -> None:
-        if A.adapter_layers(self.model):
-            return  # already attached (e.g. loaded)
+        """Put a fresh adapter with this config on the model; an existing one is removed first (a new fit
+        never continues an old adapter: resuming goes through the checkpoint)."""
+        A.remove(self.model)
         contrast = None
         if self.cfg.dims == "data":
             idx = list(range(min(64, len(trainer.train_pairs))))
@@ -441,20 +440,3 @@ class Trainer:
             shift = -shift
             result.sign_flipped = True
         result.val_shift = shift
-
-
-def train(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    train_pairs: ContrastPairs,
-    val_pairs: ContrastPairs,
-    adapter_cfg: AdapterConfig = AdapterConfig(),
-    loss_cfg: LossConfig = LossConfig(),
-    train_cfg: TrainConfig = TrainConfig(),
-    ckpt_dir: Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Attach an InnerPiSSA adapter to `model` and train it with ReprPO; the model keeps the adapter."""
-    trainer = Trainer(model, tok, train_pairs, val_pairs, adapter_cfg, loss_cfg, train_cfg, ckpt_dir, progress)
-    return trainer.run(resume=resume)

@@ -72,7 +72,7 @@ def attach(
     if adapter_layers(model):
         raise ValueError("model already has InnerPiSSA layers; call remove(model) first")
     names = target_names(model, cfg)
-    if cfg.dims == "data" and frozen is None and (contrast is None or set(contrast) < set(names)):
+    if cfg.dims == "data" and frozen is None and (contrast is None or not set(names) <= set(contrast)):
         raise ValueError("dims='data' needs contrast activations for every target module (see collect_module_inputs)")
     out = {}
     for name in names:
