@@ -408,11 +408,6 @@ def truthfulqa(path: Path = TQA_CSV) -> EvalSet:
 
 # --- names, splits, limits ---
 
-def available_datasets() -> list[str]:
-    """Built-in dataset names (`dd-sample-N` takes any N); any .jsonl/.csv path in the generic format also works."""
-    return list(BUILTINS)
-
-
 def load_dataset(name_or_path: str | Path, seed: int = 0, source: Literal["vendored", "hub"] = "vendored") -> EvalSet:
     """A built-in dataset by name or a generic-format file; unknown names list the valid ones."""
     name = str(name_or_path)
