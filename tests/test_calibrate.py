@@ -1,0 +1,111 @@
+"""KL calibration: the solver on known curves, the budget hit on a tiny model (KL recomputed independently,
+one prompt at a time), prompting measured not solved, and the neutral prompts disjoint from train/eval text."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _eval_steerers import AddVector
+from innerpissa import DATA_DIR
+from innerpissa.concepts import load_concept, make_pairs
+from innerpissa.eval.calibrate import CalibratedSteerer, KLMeter, calibrate, neutral_prompts, solve_coeff
+from innerpissa.eval.datasets import load_dataset
+from innerpissa.steerers.prompt import PromptSteerer
+from innerpissa.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model("llama")
+
+
+@pytest.mark.parametrize("f, root", [
+    (lambda c: 0.3 * c * c, math.sqrt(0.1 / 0.3)),                      # the small-c law KL ∝ c²
+    (lambda c: 1 - math.exp(-abs(c) ** 0.7 / 50), 50 ** (1 / 0.7) * (-math.log(0.9)) ** (1 / 0.7)),  # slow, saturating
+    (lambda c: 5.0 * c ** 4 if c < 0 else 1e-3 * c * c, (0.1 / 5) ** 0.25),  # steep on the negative side
+])
+def test_solve_coeff_finds_known_roots(f, root):
+    sign = -1 if f(-1.0) != f(1.0) else 1
+    c, v, ok, hist = solve_coeff(f, 0.1, sign, rtol=0.01, max_steps=12)
+    assert ok and abs(v - 0.1) <= 0.001 and c * sign > 0
+    assert abs(abs(c) - root) / root < 0.02
+    assert len(hist) <= 12
+
+
+def test_solve_coeff_reports_failure_on_a_flat_curve():
+    c, v, ok, hist = solve_coeff(lambda c: 0.01, 0.1, 1, max_steps=6)
+    assert not ok and v == 0.01 and len(hist) <= 6
+
+
+def _independent_kl(model, tok, steer, c, prompts, n_new):
+    """Per prompt, no padding: greedy steered rollout, then KL(base || steered) by F.kl_div on full logits."""
+    end = tok.eos_token_id
+    kls = []
+    for p in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        with steer(c):
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        cont = out[0, ids.shape[1]:].tolist()
+        if end in cont:
+            cont = cont[: cont.index(end) + 1]
+        full = torch.tensor([ids[0].tolist() + cont])
+        with torch.no_grad():
+            base = model(full).logits[0].log_softmax(-1)
+            with steer(c):
+                st = model(full).logits[0].log_softmax(-1)
+        sl = slice(ids.shape[1] - 1, ids.shape[1] - 1 + len(cont))
+        kls.append(F.kl_div(st[sl], base[sl], log_target=True, reduction="none").sum(-1))
+    return torch.cat(kls)
+
+
+@pytest.mark.parametrize("stat, budget", [("mean", 0.1), ("p95", 0.2)])
+def test_calibration_hits_the_budget_on_a_tiny_model(tiny, stat, budget):
+    model, tok = tiny
+    torch.manual_seed(0)
+    st = AddVector(torch.randn(model.config.hidden_size), layer=1)
+    cal = calibrate(model, tok, st, budget, stat, n_prompts=4, max_new_tokens=8, rtol=0.05, max_steps=12)
+    assert cal.converged_pos and cal.converged_neg
+    assert cal.coeff_pos > 0 and cal.coeff_neg > 0
+    for c in (cal.coeff_pos, -cal.coeff_neg):
+        kl = _independent_kl(model, tok, lambda x: st.steer(model, x), c, neutral_prompts(4), 8)
+        value = float(kl.mean()) if stat == "mean" else float(torch.quantile(kl.double(), 0.95))
+        assert abs(value - budget) <= 0.06 * budget, (c, value)
+    # in budget units, ±1 is the calibrated coefficient and 0 the base model
+    unit = CalibratedSteerer(st, cal)
+    meter = KLMeter(model, tok, unit, neutral_prompts(4), 8)
+    assert meter.measure(0.0)["kl_mean"] == 0.0
+    assert abs(meter.measure(1.0)[f"kl_{stat}"] - cal.kl_pos) < 1e-4
+
+
+def test_prompting_is_measured_at_plus_minus_one(tiny):
+    model, tok = tiny
+    pairs, _ = make_pairs(load_concept("honesty"))
+    st = PromptSteerer()
+    st.fit(model, tok, pairs)
+    cal = calibrate(model, tok, st, 0.1, n_prompts=4, max_new_tokens=8)
+    assert (cal.coeff_pos, cal.coeff_neg, cal.converged_pos) == (1.0, 1.0, None)
+    assert cal.kl_pos > 0 and cal.kl_neg > 0 and [h["coeff"] for h in cal.history] == [1.0, -1.0]
+
+
+def _grams(text, n=8):
+    w = re.findall(r"\w+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def test_neutral_prompts_are_disjoint_from_training_and_evaluation_text():
+    prompts = neutral_prompts()
+    assert len(prompts) == len(set(prompts)) >= 16
+    ours = set().union(*(_grams(p) for p in prompts))
+    train, val = make_pairs(load_concept("honesty"))
+    other = set(train.suffixes) | set(val.suffixes) | set(train.positive_prompts) | set(train.negative_prompts)
+    for name in ("dd-all", "truthfulqa"):
+        other |= {m["content"] for conv in load_dataset(name).rows["messages"] for m in conv}
+    other |= set((DATA_DIR / "daily_dilemmas" / "dilemma.csv").read_text().splitlines())
+    theirs = set().union(*(_grams(t) for t in other))
+    assert ours.isdisjoint(theirs)
+    assert not set(prompts) & other
