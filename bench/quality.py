@@ -43,7 +43,8 @@ def verdict(stats, dataset: str) -> dict:
         if base not in by.index:
             continue
         b = by.loc[base]
-        ratio = ip["gain"] / b["gain"] if b["gain"] else np.inf
+        # Gain is signed: a ratio only means "x times better" when both move the target the intended way
+        ratio = ip["gain"] / b["gain"] if ip["gain"] > 0 and b["gain"] > 0 else np.nan
         sep = None if not (np.isfinite(ip.get("gain_lo", np.nan)) and np.isfinite(b.get("gain_hi", np.nan))) \
             else bool(ip["gain_lo"] > b["gain_hi"])
         out[f"gain_ratio_vs_{base}"] = ratio

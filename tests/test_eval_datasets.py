@@ -209,3 +209,17 @@ def test_content_hash_tracks_labels(dd_all: D.EvalSet) -> None:
     flipped = D.EvalSet(es.name, es.rows.assign(**{"label:Value/honesty": -es.rows["label:Value/honesty"]}), es.target_dim)
     again = D.limit_rows(dd_all.select(dd_all.rows["label:Value/honesty"].notna()), 10)
     assert es.content_hash() == again.content_hash() != flipped.content_hash()
+
+
+def test_limit_rows_keeps_both_label_sides() -> None:
+    """A small sample still holds ≥ 2 dilemmas with honesty on each action side (the side-balanced effect
+    needs both), although only ~12 % of dd-honesty dilemmas put honesty on not_to_do."""
+    from innerpissa.eval.datasets import limit_rows, load_dataset
+
+    es = load_dataset("dd-honesty")
+    pos = es.rows[es.rows["label:Value/honesty"] > 0]
+    assert set(pos["side"]) == {"to_do", "not_to_do"} and (pos["side"] == "not_to_do").mean() < 0.2
+    for seed in range(3):
+        small = limit_rows(es, 12, seed=seed)
+        sides = small.rows[small.rows["label:Value/honesty"] > 0].groupby("side")["dilemma_id"].nunique()
+        assert len(small) <= 12 and sides.get("to_do", 0) >= 2 and sides.get("not_to_do", 0) >= 2

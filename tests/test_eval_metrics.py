@@ -8,7 +8,7 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from innerpissa.eval.metrics import coherent_range, dose_response, effects_by_dim, slope_test, summarize
+from innerpissa.eval.metrics import action_bias, coherent_range, dose_response, effects_by_dim, slope_test, summarize
 
 C3 = (-1.0, 0.0, 1.0)
 
@@ -105,7 +105,7 @@ def test_dnll_pmass_drop_gain_by_hand() -> None:
     assert s["pmass_drop"] == pytest.approx(0.9 - (0.8 + 0.7) / 2)
     unit = t[t["coeff"].abs() <= 1]
     t_unit = slope_test(unit["coeff"], unit["label:t"] * unit["logratio"], unit["dilemma_id"], 300)["t"]
-    assert s["gain"] == pytest.approx(100 * abs(t_unit) / 1.3)
+    assert t_unit > 0 and s["gain"] == pytest.approx(100 * t_unit / 1.3)
     better = _nll_table({c: -abs(v) for c, v in shift.items()}, pm)  # steering lowers NLL: no bonus
     sb = summarize(better, "t", n_boot=300)
     ub = better[better["coeff"].abs() <= 1]
@@ -185,3 +185,78 @@ def test_slice_and_dim_errors() -> None:
         effects_by_dim(pd.concat([t, t.assign(dataset="other")]))
     with pytest.raises(ValueError, match="no label column for dim 'honesty'"):
         summarize(t, "honesty")
+
+
+def sided(n_todo: int, n_not: int, fn, coeffs=C3, seed: int = 0) -> pd.DataFrame:
+    """Dilemmas with a to_do and a not_to_do row; the dim's +1 label is on to_do in the first `n_todo`
+    dilemmas and on not_to_do in the next `n_not`. logratio = fn(side, label, c, rng)."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for d in range(n_todo + n_not):
+        on_todo = d < n_todo
+        for side in ("to_do", "not_to_do"):
+            lab = 1.0 if (side == "to_do") == on_todo else -1.0
+            for c in coeffs:
+                recs.append({"row_id": f"{d}-{side}", "dilemma_id": str(d), "side": side, "coeff": c,
+                             "logratio": fn(side, lab, c, rng), "label:t": lab})
+    return table(recs)
+
+
+def test_pure_action_shift_scores_zero() -> None:
+    """A steering that only makes the model keener to act (logratio(to_do) up, not_to_do down), with the
+    labels leaning 9:1 to the to_do side, scores 0 — the pooled slope would call it +0.8·δ."""
+    delta = 0.3
+    t = sided(72, 8, lambda side, lab, c, rng: (delta if side == "to_do" else -delta) * c + rng.normal(0, 0.5))
+    t_clean = sided(72, 8, lambda side, lab, c, rng: (delta if side == "to_do" else -delta) * c)
+    e = effects_by_dim(t_clean, n_boot=200).set_index("dim").loc["t"]
+    assert e["effect"] == pytest.approx(0.0, abs=1e-12)
+    assert e["effect_pooled"] == pytest.approx(delta * (72 - 8) / 80)  # the confound the old estimator had
+    assert (e["n_strata"], e["min_stratum"]) == (2, 8)
+    s = summarize(t, "t", n_boot=500)
+    assert s["ci_low"] < 0 < s["ci_high"] and abs(s["effect"]) < 0.15
+    assert s["action_side"] == "to_do" and s["action_bias_ci_low"] < delta < s["action_bias_ci_high"]
+    assert s["action_bias_p"] < 1e-3
+    assert action_bias(t_clean, "t", n_boot=50)["action_bias"] == pytest.approx(delta)
+
+
+def test_side_balanced_effect_recovers_beta_under_an_action_bias() -> None:
+    """logratio = β·label·c + α·(±1 by side)·c: the effect is β exactly and action_bias is α + β·mean(s_d)."""
+    alpha, beta = 0.4, 0.1
+    fn = lambda side, lab, c, rng: beta * lab * c + alpha * (1 if side == "to_do" else -1) * c
+    t = sided(30, 10, fn)
+    e = effects_by_dim(t, n_boot=100).set_index("dim").loc["t"]
+    assert e["effect"] == pytest.approx(beta)
+    # per dilemma a_d = ½ d/dc[lr(to_do) − lr(not_to_do)] = α + β·s_d, s_d = +1 on 30 and −1 on 10 dilemmas
+    ab = action_bias(t, "t", n_boot=100)
+    assert ab["action_bias"] == pytest.approx(alpha + beta * (30 - 10) / 40) and ab["action_bias_n"] == 40
+
+
+def test_one_sided_dim_is_not_estimable_and_no_side_column_is_pooled() -> None:
+    t = sided(20, 0, lambda side, lab, c, rng: 0.2 * lab * c + rng.normal(0, 0.1))
+    e = effects_by_dim(t, n_boot=100).set_index("dim").loc["t"]
+    assert np.isnan(e["effect"]) and np.isfinite(e["effect_pooled"])
+    flat = t.drop(columns="side")
+    e2 = effects_by_dim(flat, n_boot=200, seed=3).set_index("dim").loc["t"]
+    plain = slope_test(flat["coeff"], flat["label:t"] * flat["logratio"], flat["dilemma_id"], 200, 3)
+    assert e2["effect"] == pytest.approx(plain["effect"]) and e2["se"] == pytest.approx(plain["se"])
+    assert e2["n_strata"] == 1
+
+
+def test_stratified_bootstrap_se_matches_the_analytic_se() -> None:
+    """Two strata of independent dilemmas with known per-dilemma slope noise σ: the stratified se of the
+    mean of the two stratum slopes is ½·sqrt(σ²/n₁ + σ²/n₂) (Var of a mean of independent slopes)."""
+    sigma, n1, n2 = 0.2, 120, 40
+    rng = np.random.default_rng(5)
+    slopes = rng.normal(0, sigma, n1 + n2)
+    t = sided(n1, n2, lambda side, lab, c, r: 0.0 * c)
+    t["logratio"] = t["dilemma_id"].astype(int).map(dict(enumerate(slopes))) * t["coeff"] * t["label:t"]
+    s = summarize(t, "t", n_boot=4000)
+    assert s["se"] == pytest.approx(0.5 * np.sqrt(sigma**2 / n1 + sigma**2 / n2), rel=0.15)
+
+
+def test_gain_is_signed() -> None:
+    """Moving the target the wrong way gives a negative gain, not the same gain as the right way."""
+    up = sided(20, 20, lambda side, lab, c, rng: 0.2 * lab * c + rng.normal(0, 0.3))
+    down = up.assign(logratio=-up["logratio"])
+    g_up, g_down = summarize(up, "t", n_boot=300)["gain"], summarize(down, "t", n_boot=300)["gain"]
+    assert g_up > 0 > g_down and g_down == pytest.approx(-g_up, rel=0.2)

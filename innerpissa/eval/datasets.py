@@ -6,6 +6,9 @@ through the same path):
   id          (optional) unique row id; default: the 1-based row number.
   group       (optional) rows that are not independent (e.g. the two actions of a dilemma) share a group;
               the bootstrap resamples groups. Default: the row id.
+  side        (optional) which option of its group the row is about (DailyDilemmas: `to_do` / `not_to_do`).
+              When the target's +1 labels lean to one side, a shift toward that side (e.g. "take the action")
+              would look like the target; `eval.metrics` weights the sides equally so it cannot.
   system      (optional) a system message.
   prefill     (optional) start of the assistant turn, continued by the model; default "My choice:".
   choice_pos, choice_neg  (optional) the two answer words, default "Yes" / "No". The score is
@@ -13,7 +16,7 @@ through the same path):
   label:<dim> (at least one) +1 if answering `choice_pos` expresses <dim>, -1 if `choice_neg` does,
               empty/NaN if the row says nothing about <dim>. The first label column is the target dim.
 
-An `EvalSet` holds `rows` (DataFrame: row_id, dilemma_id, messages, choice_pos, choice_neg, label:<dim>...),
+An `EvalSet` holds `rows` (DataFrame: row_id, dilemma_id, side, messages, choice_pos, choice_neg, label:<dim>...),
 its `target_dim` and `info` (provenance and counts). DailyDilemmas labelling is documented in `dd_labels`.
 """
 
@@ -50,7 +53,14 @@ TQA_PROMPT = (
 FRAMEWORKS = ("WVS", "MFT", "Virtue", "Emotion", "Maslow")
 HONESTY_VALUES = frozenset({"honesty", "truthfulness"})  # raw values merged into the dim Value/honesty
 DD_RULES = ("you", "you-role", "protagonist", "first-party")
-BUILTINS = ("dd-honesty", "dd-all", "dd-sample-N", "truthfulqa")
+# `dd-<name>`: the DailyDilemmas rows labelled with one dim, which becomes the target (the built-in concepts'
+# `dataset:`). Any `dd-<Framework>/<Category>` or `dd-Value/<value>` dim works too (e.g. dd-MFT/Authority).
+DD_DIMS = {
+    "honesty": "Value/honesty", "fairness": "MFT/Fairness", "loyalty": "MFT/Loyalty", "care": "MFT/Care",
+    "safety": "Maslow/safety", "courage": "Value/courage", "responsibility": "Value/responsibility",
+}
+BUILTINS = ("dd-honesty", "dd-all", "dd-sample-N", "truthfulqa", *(f"dd-{k}" for k in DD_DIMS if k != "honesty"),
+            "dd-<dim>")
 _YOU_ROLE = re.compile(r"you\b(?!r)")  # "You (the doctor)", "You, as the artist"; not "Your friend"
 
 
@@ -121,6 +131,7 @@ def from_generic(frame: pd.DataFrame, name: str, info: dict[str, Any] | None = N
     if out["row_id"].duplicated().any():
         raise ValueError(f"dataset {name!r}: duplicate id in rows {_rownums(out['row_id'].duplicated(keep=False))}")
     out["dilemma_id"] = _column_or(frame, "group", out["row_id"])
+    out["side"] = _column_or(frame, "side", "").str.strip()
     out["prefill"] = _column_or(frame, "prefill", PREFILL).str.rstrip()
     out["choice_pos"] = _column_or(frame, "choice_pos", "Yes").str.strip()
     out["choice_neg"] = _column_or(frame, "choice_neg", "No").str.strip()
@@ -319,6 +330,7 @@ def dd_generic(acts: pd.DataFrame, labels: pd.DataFrame, target: str = "Value/ho
     return pd.DataFrame({
         "id": [f"dd-{i}-{t}" for i, t in zip(acts["idx"], acts["action_type"])],
         "group": acts["idx"].astype(str),
+        "side": acts["action_type"].astype(str),
         "prompt": [DD_PROMPT.format(situation=s, action=a) for s, a in zip(acts["dilemma_situation"], acts["action"])],
         "prefill": PREFILL, "choice_pos": "Yes", "choice_neg": "No",
         **{c: labels[c] for c in lab_cols},
@@ -347,20 +359,27 @@ def daily_dilemmas(
     subset: str = "all", seed: int = 0, source: Literal["vendored", "hub"] = "vendored",
     rules: Sequence[str] = DD_RULES, path: Path | None = None,
 ) -> EvalSet:
-    """DailyDilemmas as an EvalSet: subset 'all', 'honesty' or 'sample-N' (N dilemmas, stratified by topic)."""
+    """DailyDilemmas as an EvalSet: subset 'all', a dim's rows (a `DD_DIMS` name such as 'honesty', or a dim
+    such as 'MFT/Authority'; that dim becomes the target) or 'sample-N' (N dilemmas, stratified by topic)."""
     path = path or (load_dd_hub() if source == "hub" else DD_DIR / "dilemmas_with_detail_by_action.jsonl")
     acts, full = _dd_full(str(path), tuple(rules))
     es = replace(full, name=f"dd-{subset}", rows=full.rows.copy(), info=dict(full.info))
     if subset == "all":
         return es
-    if subset == "honesty":
-        lab = es.rows[f"{LABEL}Value/honesty"]
+    dim = DD_DIMS.get(subset, subset if "/" in subset else None)
+    if dim is not None:
+        if f"{LABEL}{dim}" not in es.rows:
+            raise ValueError(f"unknown DailyDilemmas dim {dim!r}; use one of dd-{', dd-'.join(DD_DIMS)} or dd-<dim> "
+                             f"with a dim such as {', '.join(es.dims[:6])}")
+        lab = es.rows[f"{LABEL}{dim}"]
+        es = replace(es, target_dim=dim)
         return es.select(lab.notna(), n_pos=int((lab == 1).sum()), n_neg=int((lab == -1).sum()))
     if m := re.fullmatch(r"sample-(\d+)", subset):
         strata = acts.groupby("idx", sort=False)["topic_group"].first()
         keep = stratified_groups(strata, int(m.group(1)), seed)
         return es.select(es.rows["dilemma_id"].isin(keep), sample_seed=seed)
-    raise ValueError(f"unknown DailyDilemmas subset {subset!r}; choose all, honesty or sample-N")
+    raise ValueError(f"unknown DailyDilemmas subset {subset!r}; choose all, sample-N, one of {', '.join(DD_DIMS)} "
+                     "or a dim such as MFT/Authority")
 
 
 @functools.lru_cache(maxsize=4)
@@ -411,7 +430,7 @@ def truthfulqa(path: Path = TQA_CSV) -> EvalSet:
 def load_dataset(name_or_path: str | Path, seed: int = 0, source: Literal["vendored", "hub"] = "vendored") -> EvalSet:
     """A built-in dataset by name or a generic-format file; unknown names list the valid ones."""
     name = str(name_or_path)
-    if name in ("dd-all", "dd-honesty") or re.fullmatch(r"dd-sample-\d+", name):
+    if name == "dd-all" or name[3:] in DD_DIMS or re.fullmatch(r"dd-sample-\d+|dd-[^/]+/.+", name):
         return daily_dilemmas(name[3:], seed=seed, source=source)
     if name == "truthfulqa":
         return truthfulqa()
@@ -437,12 +456,23 @@ def split_by_dilemma(evalset: EvalSet, part: Literal["tune", "report"], seed: in
 
 
 def limit_rows(evalset: EvalSet, n: int, seed: int = 0) -> EvalSet:
-    """At most `n` rows made of whole dilemmas (a seeded random choice of groups; at least one group)."""
+    """At most `n` rows made of whole dilemmas (a seeded random choice of groups; at least one group).
+
+    Dilemmas are drawn stratified by the side that holds the target's +1 label, the first two of each
+    stratum first, so a small sample can still be side-balanced (see `eval.metrics`)."""
     if n <= 0:
         raise ValueError(f"limit must be positive, got {n}")
     if n >= len(evalset):
         return evalset
-    sizes = evalset.rows.groupby("dilemma_id", sort=True).size()
-    sizes = sizes.iloc[np.random.default_rng(seed).permutation(len(sizes))]
-    keep = sizes.index[(sizes.cumsum() <= n) | (np.arange(len(sizes)) == 0)]
-    return evalset.select(evalset.rows["dilemma_id"].isin(set(keep)), limit=n)
+    rows = evalset.rows
+    sizes = rows.groupby("dilemma_id", sort=True).size()
+    target = rows[f"{LABEL}{evalset.target_dim}"] > 0
+    side = rows["side"] if "side" in rows else pd.Series("", index=rows.index)
+    strata = side.where(target, "").astype(str).groupby(rows["dilemma_id"]).agg(lambda v: "+".join(sorted(set(v) - {""})))
+    s = strata.reindex(sizes.index).iloc[np.random.default_rng(seed).permutation(len(sizes))]
+    rank = s.groupby(s).cumcount()
+    position = (rank / s.map(s.value_counts())).where(rank >= 2, -1.0 + rank / 2)  # two per stratum up front
+    order = position.sort_values(kind="stable").index
+    sz = sizes.reindex(order)
+    keep = sz.index[(sz.cumsum() <= n) | (np.arange(len(sz)) == 0)]
+    return evalset.select(rows["dilemma_id"].isin(set(keep)), limit=n)

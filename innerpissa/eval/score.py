@@ -24,7 +24,7 @@ from ..batching import Batch, Messages, chat_text, encode
 from ..steerers.base import Steerer
 from .datasets import LABEL, EvalSet
 
-SCORE_COLUMNS = ["method", "seed", "coeff", "dataset", "row_id", "dilemma_id", "logratio", "pmass", "nll", "truncated"]
+SCORE_COLUMNS = ["method", "seed", "coeff", "dataset", "row_id", "dilemma_id", "side", "logratio", "pmass", "nll", "truncated"]
 NLL_CHUNK = 1024  # token positions per LM-head chunk when computing the prompt NLL
 
 
@@ -141,6 +141,7 @@ def score(
         frames.append(pd.DataFrame({
             "method": steerer.name, "seed": seed, "coeff": float(c), "dataset": evalset.name,
             "row_id": rows["row_id"].to_numpy(), "dilemma_id": rows["dilemma_id"].to_numpy(),
+            "side": rows["side"].to_numpy() if "side" in rows else "",
             "logratio": logratio, "pmass": pmass, "nll": res["nll"], "truncated": truncated,
             **{col: rows[col].to_numpy() for col in labels},
         }))

@@ -21,7 +21,8 @@ from .seedstats import LEVEL, drop, seed_aggregate
 METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", "lora", "dora", "pissa"]
 # target label dimension per dataset, used when summary.json does not name one ("target_dim")
 DEFAULT_TARGETS = {"dd-honesty": "Value/honesty", "truthfulqa": "truthfulqa/true"}
-TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect"]
+TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect",
+                  "action_bias", "effect_pooled"]
 
 
 def _num(x: float) -> str:
@@ -125,6 +126,8 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "Gain": fmt_ci(aggs["gain"]),
             "coherent range": fmt_ci(aggs["coherent_range"]),
             "Yes-bias-controlled effect": f"{fmt_ci(yb)} (p={fmt_p(yb['p'])})",
+            "action bias": fmt_ci(aggs["action_bias"]),
+            "pooled effect (not side-balanced)": fmt_ci(aggs["effect_pooled"]),
         })
     out = pd.DataFrame(rows)
     out.attrs["stats"] = pd.DataFrame(stat_rows)
