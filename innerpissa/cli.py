@@ -54,7 +54,9 @@ def train(
     """Train an InnerPiSSA adapter on a concept's contrastive pairs and save it to OUT."""
     import yaml
 
-    from .concepts import load_concept, make_pairs
+    from .concepts import load_concept
+    from .concepts.fit_data import PAIRS_FILE, fit_pairs, pairs_record
+    from .io import atomic_write_json
     from .config import AdapterConfig, LossConfig, TrainConfig, parse_section
     from .models import load_model
     from .steerers.innerpissa import InnerPiSSASteerer
@@ -77,13 +79,14 @@ def train(
         parse_section(cls, sections[name], name)  # one-line error naming the bad key/value (exit 2)
     steerer = InnerPiSSASteerer(**sections, model=model, concept=concept)
     spec = load_concept(concept)
-    train_pairs, val_pairs = make_pairs(spec, seed=steerer.train_cfg.seed)
+    train_pairs, val_pairs = fit_pairs(spec)  # the sweep's pairs too: split by PAIR_SEED, not --seed
     m, tok = load_model(model)
     ckpt = out / "checkpoint"
     if out.exists() and (out / "steerer.json").exists() and not resume:
         raise UserError(f"{out} already holds a trained adapter; choose another --out or delete it")
     steerer.fit(m, tok, train_pairs, val_pairs, ckpt_dir=ckpt, resume=resume)
     steerer.save(out)
+    atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs))  # for eval's leakage check
     r = steerer.result
     typer.echo(
         f"saved adapter to {out} (best val step {r.best_step}, val shift +1 vs -1 = {r.val_shift:.3f}"

@@ -66,3 +66,46 @@ def test_data_dims_need_contrast_for_every_target_module():
         attach(model, cfg, contrast=other)
     full = collect_module_inputs(model, ["model.layers.0.self_attn.o_proj", *names], b.model_inputs(), 4, 2)
     assert set(attach(model, cfg, contrast=full)) == set(names)  # a superset is fine
+
+
+# --- which pairs a fit saw: one function (fit_pairs), a record beside the adapter, used by eval's leakage check ---
+
+def test_cli_train_records_its_pairs_and_eval_checks_leakage_against_them(run_cli, tmp_path):
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from innerpissa.concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_sha256
+
+    model, tok = tiny_model("llama")
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    small = {"adapter": {"r": 4, "layer_range": [0.5, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
+             "train": {"steps": 1, "batch_size": 2, "n_train": 4, "n_val": 2}}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
+    code, _, err = run_cli("train", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "a"),
+                           "--config", str(tmp_path / "small.yaml"), "--seed", "3")
+    assert code == 0, err
+    train, val = fit_pairs("honesty")  # the sweep's pairs: the training seed (3) does not change them
+    record = json.loads((tmp_path / "a" / PAIRS_FILE).read_text())
+    assert (record["concept"], record["pair_seed"], record["sha256"]) == ("honesty", 0, pairs_sha256(train, val))
+    # a long suffix the fit saw but that the old rebuild (make_pairs with the training seed 3) would not contain
+    old = joined(*make_pairs(load_concept("honesty"), seed=3))
+    leaked = next(s for s in train.suffixes + val.suffixes if len(s.split()) >= 8 and s not in old.suffixes)
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame({"prompt": [f"Is this right? {leaked}", "Is the sky blue?", "Is water wet?", "Do fish swim?"],
+                  "label:x": [1, -1, 1, -1]}).to_csv(rows, index=False)
+    code, _, err = run_cli("eval", "--adapter", str(tmp_path / "a"), "--dataset", str(rows), "--n-boot", "10",
+                           "--out", str(tmp_path / "e"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["rows"]["n_train_overlap"] == 1
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert cfg["overlap"]["n_train_pairs"] == len(train) + len(val)
+    # a record that no longer matches what its concept gives: eval refuses instead of checking the wrong set
+    (tmp_path / "a" / PAIRS_FILE).write_text(json.dumps({**record, "sha256": "0" * 16}))
+    code, _, err = run_cli("eval", "--adapter", str(tmp_path / "a"), "--dataset", str(rows), "--n-boot", "10",
+                           "--out", str(tmp_path / "e2"))
+    assert code == 2 and "no longer gives the pairs this steerer was fitted on" in err
+    assert not (tmp_path / "e2").exists()

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from innerpissa import steerers
+from innerpissa.concepts.fit_data import PAIRS_FILE, fit_pairs, pairs_sha256, seen_pairs
 from innerpissa.experiments import run as run_mod
 from innerpissa.experiments.ablations import PRESETS, apply_preset
 from innerpissa.experiments.run import RunConfig
@@ -366,13 +367,17 @@ def test_n_pairs_subset_and_stale_fit_cache(tmp_path: Path, shift_steerer) -> No
     full, sub = _cfgs(str(spec), [0])[0], _cfgs(str(spec), [0], n_pairs=3)[0]
     assert full.fit_hash() != sub.fit_hash()
     assert "n_pairs" not in full.fit_key()  # unset fields leave existing fit hashes unchanged
-    train, val = run_mod.fit_pairs(sub)
-    all_train, all_val = run_mod.fit_pairs(full)
+    train, val = fit_pairs(sub.concept, sub.n_pairs)
+    all_train, all_val = fit_pairs(full.concept)
     assert len(train) == 3 and set(train.suffixes) < set(all_train.suffixes) and val == all_val
-    assert run_mod.fit_pairs(sub.model_copy(update={"method": "random", "seed": 5}))[0] == train  # same pairs for all
     run_inprocess([sub], tmp_path)
     fit = json.loads((tmp_path / "fits" / sub.fit_hash() / "fit.json").read_text())
-    assert fit["n_train_pairs"] == 3 and fit["pairs_sha256"] == run_mod.pairs_hash(train, val)
+    assert fit["n_train_pairs"] == 3 and fit["pairs_sha256"] == pairs_sha256(train, val)
+    record = json.loads((tmp_path / "fits" / sub.fit_hash() / PAIRS_FILE).read_text())
+    assert {k: record[k] for k in ("pair_seed", "n_pairs", "n_train", "n_val", "sha256")} == {
+        "pair_seed": 0, "n_pairs": 3, "n_train": 3, "n_val": len(val), "sha256": fit["pairs_sha256"]}
+    seen = seen_pairs(record)  # rebuilt from the record alone: exactly the pairs the fit saw, train then val
+    assert seen.suffixes == train.suffixes + val.suffixes
     # the concept file changes under the same name: the cached fit must not be reused silently
     spec.write_text(yaml.safe_dump({**TINY_CONCEPT, "positive": "a truthful"}))
     rerun = sub.model_copy(update={"eval_limit": 8})

@@ -91,15 +91,19 @@ class InnerPiSSALinear(nn.Module):
             return S + c * torch.tanh(self.lam) * S
         return S
 
-    def delta_weight(self, c: float) -> torch.Tensor:
-        """ΔW(c) = U R_u diag(S') R_vᵀ Vᵀ − U diag(S) Vᵀ, [out, in] (for merging)."""
+    def core_delta(self, c: float) -> torch.Tensor:
+        """R_u diag(S'(c)) R_vᵀ − diag(S), [r, r]: the change in the singular basis, so ΔW(c) = U·core_delta·Vᵀ."""
         Rv, Ru = self.rotations(c)
         core = torch.diag(self.singular_values(c))
         if Ru is not None:
             core = Ru @ core
         if Rv is not None:
             core = core @ Rv.T
-        return self.U @ (core - torch.diag(self.S)) @ self.V.T
+        return core - torch.diag(self.S)
+
+    def delta_weight(self, c: float) -> torch.Tensor:
+        """ΔW(c) = U R_u diag(S') R_vᵀ Vᵀ − U diag(S) Vᵀ, [out, in] (for merging)."""
+        return self.U @ self.core_delta(c) @ self.V.T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cli import app
+from ..concepts import ContrastPairs
+from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
 
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}  # lets `--coeffs -2 -1 0 1 2` work
 
@@ -63,6 +65,19 @@ def headline_table(summary: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
+def fitted_pairs(adapter: Path, concept: str | None) -> tuple[ContrastPairs | None, str]:
+    """(every pair the steerer in `adapter` was fitted on, or None; a warning or ""), for the leakage check.
+
+    Its pairs.json record (written by `innerpissa train` and sweeps) is rebuilt and hash-checked; a steerer saved
+    without one is checked against `concept`'s pairs from `fit_pairs`, which may not be the ones it saw."""
+    if (adapter / PAIRS_FILE).is_file():
+        return seen_pairs(json.loads((adapter / PAIRS_FILE).read_text())), ""
+    if concept:
+        return joined(*fit_pairs(concept)), (f"{adapter} has no {PAIRS_FILE}: leakage checked against concept "
+                                             f"{concept!r}'s pairs, which may not be the ones it was fitted on")
+    return None, "leakage check skipped: steerer.json names no concept and there is no pairs.json; pass --concept"
+
+
 @app.command("eval", context_settings=CONTEXT)
 def eval_command(
     ctx: typer.Context,
@@ -79,7 +94,6 @@ def eval_command(
     n_boot: int = typer.Option(1000, min=10, help="bootstrap resamples of dilemmas"),
 ) -> None:
     """Score a saved steerer on binary-choice datasets at several coefficients; print and save the results."""
-    from ..concepts import ContrastPairs, load_concept, make_pairs
     from ..eval.datasets import load_dataset
     from ..models import load_model
     from ..steerers import load_steerer
@@ -95,13 +109,7 @@ def eval_command(
     spec = model or params.get("model")
     if not spec:
         raise ValueError(f"{meta} records no base model: pass --model")
-    concept = concept or params.get("concept")
-    train = None
-    if concept:
-        pair_seed = (params.get("train") or {}).get("seed", 0)
-        tr, va = make_pairs(load_concept(concept), seed=pair_seed)  # check train and validation pairs both
-        train = ContrastPairs(tr.positive_prompts + va.positive_prompts, tr.negative_prompts + va.negative_prompts,
-                              tr.suffixes + va.suffixes)
+    train, pairs_note = fitted_pairs(adapter, concept or params.get("concept"))
     m, tok = load_model(spec)
     steerer = load_steerer(m, adapter)
     out = out or Path("runs") / "eval" / adapter.resolve().name
@@ -112,6 +120,6 @@ def eval_command(
     for name, s in summary.items():
         console.print(effects_table(name, effects[effects["dataset"] == name], s["target_dim"]))
     console.print(headline_table(summary))
-    if train is None:
-        console.print("[yellow]leakage check skipped: steerer.json names no concept; pass --concept[/yellow]")
+    if pairs_note:
+        console.print(f"[yellow]{pairs_note}[/yellow]")
     console.print(f"wrote {out}/ (config.json, scores.parquet, effects.parquet, summary.json, dose_response.png)")

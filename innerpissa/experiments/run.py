@@ -1,15 +1,16 @@
 """One run = fit a steerer (cached by its fit hash) + evaluate it at fixed coefficients, on disk under ROOT.
 
-    ROOT/fits/<fit-hash>/  the fitted steerer (steerer.json + tensors), fit.json and DONE. Shared by every run
+    ROOT/fits/<fit-hash>/  the fitted steerer (steerer.json + tensors), pairs.json, fit.json and DONE. Shared by every run
                            whose fit-relevant fields (model, concept, method, params incl. seed) match; it appears
                            atomically (built in a temp dir, then renamed), so a crash never leaves half a fit.
     ROOT/runs/<hash>/      config.json (RunConfig + environment), scores.parquet, summary.json, samples.json and,
                            written last, DONE. A dir without DONE is partial (or failed: error.json) and is redone.
 
 Seeds: deterministic methods (`DETERMINISTIC`) ignore the seed, so all their seeds share one fit; `random` gets
-`params.seed` and trained methods `params.train.seed`. The contrastive train/val split is fixed (`PAIR_SEED`) so
-every method and seed is fit on the same pairs. Evaluation rows are the same for every run (`DATA_SEED`); the
-bootstrap CIs use the run's seed. The split into the "tune" and "report" halves applies to DailyDilemmas sets
+`params.seed` and trained methods `params.train.seed`. The contrastive pairs come from `concepts.fit_data.fit_pairs`
+(fixed `PAIR_SEED`), the function `innerpissa train` uses too, so every method and seed is fit on the same pairs;
+the leakage check tests the evaluation rows against all of them (train and validation). Evaluation rows are the
+same for every run (`DATA_SEED`); the bootstrap CIs use the run's seed. The split into the "tune" and "report" halves applies to DailyDilemmas sets
 (`dd-*`, by dilemma), never to TruthfulQA.
 """
 
@@ -20,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import random
 import shutil
 import time
 import traceback
@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import steerers
-from ..concepts import ContrastPairs, load_concept, make_pairs
+from ..concepts import ContrastPairs
+from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
 from ..models import DEFAULT_MODEL, load_model
@@ -45,7 +46,6 @@ PEFT_FIELDS = frozenset({"r", "alpha", "target_modules", "layer_range"})  # flat
 TRAINED = frozenset({"innerpissa"}) | PEFT_METHODS
 TRAINED_SECTIONS = {"adapter": AdapterConfig, "loss": LossConfig, "train": TrainConfig}
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
-PAIR_SEED = 0
 DATA_SEED = 0
 SAMPLE_TOKENS = 48
 
@@ -176,26 +176,12 @@ def load_cached(spec: str) -> Loaded:
 
 # --- fitting, cached by fit hash ---
 
-def pairs_hash(train: ContrastPairs, val: ContrastPairs) -> str:
-    """sha256 of the exact train/val pairs, so a cached fit is never reused on different data."""
-    blob = json.dumps([[list(p.positive_prompts), list(p.negative_prompts), list(p.suffixes)] for p in (train, val)])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def fit_pairs(cfg: RunConfig) -> tuple[ContrastPairs, ContrastPairs]:
-    """(train, val) pairs of the concept, split with `PAIR_SEED`; train cut to a seeded `n_pairs` subset if set."""
-    train, val = make_pairs(load_concept(cfg.concept), seed=PAIR_SEED)
-    if cfg.n_pairs is not None and cfg.n_pairs < len(train):
-        train = train.subset(sorted(random.Random(PAIR_SEED).sample(range(len(train)), cfg.n_pairs)))
-    return train, val
-
-
 def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
                val: ContrastPairs, root: Path) -> tuple[Steerer, dict[str, Any]]:
     """Load the fitted steerer from ROOT/fits/<fit-hash>/ if complete, else fit it and save it there atomically."""
     fits = Path(root) / "fits"
     fdir = fits / cfg.fit_hash()
-    data = pairs_hash(train, val)
+    data = pairs_sha256(train, val)  # a cached fit is never reused on different data
     if (fdir / "DONE").is_file():
         info = json.loads((fdir / "fit.json").read_text())
         if info.get("pairs_sha256", data) != data:  # fits cached before this check have no hash
@@ -214,6 +200,7 @@ def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerB
     try:
         tmp.mkdir(parents=True)
         steerer.save(tmp)
+        atomic_write_json(tmp / PAIRS_FILE, pairs_record(cfg.concept, train, val, cfg.n_pairs))
         atomic_write_json(tmp / "fit.json", info)
         atomic_write_text(tmp / "DONE", "")
         os.rename(tmp, fdir)
@@ -271,11 +258,11 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
     t0 = time.perf_counter()
     try:
         model, tok = load_cached(cfg.model)
-        train, val = fit_pairs(cfg)
+        train, val = fit_pairs(cfg.concept, cfg.n_pairs)
         steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed,
-                     train_pairs=train, batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min)
+                     train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min)
         if cfg.samples:
             write_samples(cfg, model, tok, steerer, sets, out)
         eval_cfg = json.loads((out / "config.json").read_text())
