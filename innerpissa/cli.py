@@ -43,7 +43,9 @@ def _coeffs(values: list[float] | None, default: tuple[float, ...] = (-1.0, 0.0,
 
 @app.command()
 def train(
-    concept: str = typer.Option("honesty", help="built-in concept name or path to a YAML spec"),
+    concept: str | None = typer.Option(None, help="built-in concept name or path to a YAML spec [default: honesty]"),
+    positive: str | None = typer.Option(None, help="instead of --concept: the positive persona word, e.g. honest"),
+    negative: str | None = typer.Option(None, help="with --positive: the contrasting word, e.g. dishonest"),
     model: str = typer.Option("smollm2-135m", help="smollm2-135m, a .gguf file, a model dir or a HF id"),
     out: Path = typer.Option(Path("runs/honesty"), help="output directory for the adapter"),
     config: Path | None = typer.Option(None, help="YAML with `adapter:`, `loss:`, `train:` overrides"),
@@ -54,7 +56,7 @@ def train(
     """Train an InnerPiSSA adapter on a concept's contrastive pairs and save it to OUT."""
     import yaml
 
-    from .concepts import load_concept
+    from .concepts import concept_from_words, load_concept
     from .concepts.fit_data import PAIRS_FILE, fit_pairs, pairs_record
     from .io import atomic_write_json
     from .config import AdapterConfig, LossConfig, TrainConfig, parse_section
@@ -77,8 +79,10 @@ def train(
     sections = {"adapter": overrides.get("adapter") or {}, "loss": overrides.get("loss") or {}, "train": tr}
     for name, cls in (("adapter", AdapterConfig), ("loss", LossConfig), ("train", TrainConfig)):
         parse_section(cls, sections[name], name)  # one-line error naming the bad key/value (exit 2)
-    steerer = InnerPiSSASteerer(**sections, model=model, concept=concept)
-    spec = load_concept(concept)
+    if (positive is None) != (negative is None) or (positive is not None and concept is not None):
+        raise UserError("give --concept NAME_OR_YAML, or both --positive WORD and --negative WORD (not both forms)")
+    spec = concept_from_words(positive, negative) if positive is not None else load_concept(concept or "honesty")
+    steerer = InnerPiSSASteerer(**sections, model=model, concept=concept or spec.name)
     train_pairs, val_pairs = fit_pairs(spec)  # the sweep's pairs too: split by PAIR_SEED, not --seed
     m, tok = load_model(model)
     ckpt = out / "checkpoint"

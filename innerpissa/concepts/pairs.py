@@ -3,6 +3,12 @@
 A pair is (user: template.format(positive), assistant: suffix) vs (user: template.format(negative),
 assistant: suffix). The suffix is the start of the assistant turn, continued without an end-of-turn
 token, so the hidden states at the last tokens read "what this persona is about to say".
+
+A spec needs only two words: `positive: honest`, `negative: dishonest` get an article ("an honest",
+"a dishonest") and the default template "Pretend you're {persona} person." reads naturally for
+adjectives; the default suffixes are repeng's generic assistant openings. Each pair also carries a
+*neutral* prompt (the template with the persona slot filled by `neutral`, default "a": "Pretend you're
+a person."), the persona-free context that output-level methods (BiPO, DPO) condition on.
 """
 
 from __future__ import annotations
@@ -13,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .. import DATA_DIR
 from ..config import validation_message
 
 SUFFIX_DIR = DATA_DIR / "contrastive_suffixes"
 CONCEPT_DIR = Path(__file__).parent
+DEFAULT_TEMPLATE = "Pretend you're {persona} person."
+ARTICLES = ("a", "an", "the")
+_AN_CONSONANT = ("hone", "honou", "honor", "hour", "heir")  # silent h: "an honest", "an hour"
+_A_VOWEL = ("uni", "use", "usu", "uti", "ure", "eu", "one", "once", "ubiq")  # "you"/"w" sounds: "a unique", "a one"
 
 
 class ConceptError(ValueError):
@@ -35,15 +45,55 @@ class SuffixSource(BaseModel):
     max: int | None = Field(default=None, gt=0)
 
 
-class ConceptSpec(BaseModel):
-    """A contrastive concept: a template with a `{persona}` slot, two personas and suffix sources."""
+def with_article(words: str) -> str:
+    """Prefix "a"/"an" to an adjective phrase that has no article ("honest" -> "an honest"); a heuristic
+    by spelling with the common exceptions (silent h, "u"/"eu"/"one" read as consonants)."""
+    words = " ".join(words.split())
+    first = words.split(" ", 1)[0].lower()
+    if not words or first in ARTICLES:
+        return words
+    vowel = first[0] in "aeiou" and not first.startswith(_A_VOWEL)
+    return f"{'an' if vowel or first.startswith(_AN_CONSONANT) else 'a'} {words}"
 
-    name: str
-    template: str
+
+def _default_suffixes() -> list["SuffixSource"]:
+    return [SuffixSource(source="all_truncated_outputs", max=384)]
+
+
+class ConceptSpec(BaseModel):
+    """A contrastive concept: a template with a `{persona}` slot, two personas and suffix sources.
+
+    Only `positive` and `negative` are required; `name` defaults to "<positive>-<negative>" (the file
+    stem for a YAML file), `template` to DEFAULT_TEMPLATE, `suffixes` to 384 generic assistant openings.
+    `dataset` names the evaluation set that measures the concept's transfer (e.g. dd-fairness).
+    """
+
+    name: str = ""
+    template: str = DEFAULT_TEMPLATE
     positive: str
     negative: str
-    suffixes: list[SuffixSource] = Field(min_length=1)
+    article: bool = Field(True, description='prefix "a"/"an" to persona words that have no article')
+    neutral: str = Field("a", description="persona-slot filler of the neutral prompt (output-level methods)")
+    suffixes: list[SuffixSource] = Field(default_factory=_default_suffixes, min_length=1)
     val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+    dataset: str | None = Field(None, description="evaluation set that measures this concept, e.g. dd-fairness")
+
+    @field_validator("positive", "negative")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("persona words must not be empty")
+        return " ".join(v.split())
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "ConceptSpec":
+        if self.article:
+            self.positive, self.negative = with_article(self.positive), with_article(self.negative)
+        if self.positive == self.negative:
+            raise ValueError(f"positive and negative are both {self.positive!r}: the personas must differ")
+        if not self.name:
+            self.name = "-".join(w.split(" ", 1)[-1].replace(" ", "_") for w in (self.positive, self.negative))
+        return self
 
     @field_validator("template")
     @classmethod
@@ -55,16 +105,23 @@ class ConceptSpec(BaseModel):
 
 @dataclass(frozen=True)
 class ContrastPairs:
-    """Parallel lists: pair i is (positive_prompts[i], suffixes[i]) vs (negative_prompts[i], suffixes[i])."""
+    """Parallel lists: pair i is (positive_prompts[i], suffixes[i]) vs (negative_prompts[i], suffixes[i]).
+
+    `neutral_prompts` (empty, or one per pair) is the persona-free user prompt of pair i, used by the
+    output-level methods (BiPO, DPO) as the context both personas' continuations are scored under.
+    """
 
     positive_prompts: tuple[str, ...]
     negative_prompts: tuple[str, ...]
     suffixes: tuple[str, ...]
+    neutral_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.suffixes)
         if n == 0:
             raise ConceptError("no contrastive pairs: check the concept's suffix sources")
+        if self.neutral_prompts and len(self.neutral_prompts) != n:
+            raise ConceptError(f"{len(self.neutral_prompts)} neutral prompts for {n} pairs: give one per pair or none")
         if not (len(self.positive_prompts) == len(self.negative_prompts) == n):
             raise ConceptError(
                 f"unequal pair counts: {len(self.positive_prompts)} positive, "
@@ -85,6 +142,7 @@ class ContrastPairs:
             tuple(self.positive_prompts[i] for i in idx),
             tuple(self.negative_prompts[i] for i in idx),
             tuple(self.suffixes[i] for i in idx),
+            tuple(self.neutral_prompts[i] for i in idx) if self.neutral_prompts else (),
         )
 
     def messages(self, i: int, positive: bool) -> list[dict[str, str]]:
@@ -109,11 +167,20 @@ def load_concept(name_or_path: str) -> ConceptSpec:
             )
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
-        raise ConceptError(f"{path}: a concept spec must be a mapping with name, template, positive, negative, suffixes")
+        raise ConceptError(f"{path}: a concept spec must be a mapping with at least positive and negative")
+    return _validated({"name": path.stem, **raw}, str(path))
+
+
+def concept_from_words(positive: str, negative: str, name: str | None = None) -> ConceptSpec:
+    """A concept from two contrasting words ("honest", "dishonest"), everything else defaulted."""
+    return _validated({"positive": positive, "negative": negative, **({"name": name} if name else {})}, "concept")
+
+
+def _validated(raw: dict, where: str) -> ConceptSpec:
     try:
         return ConceptSpec(**raw)
     except ValidationError as e:
-        raise ConceptError(f"{path}: invalid concept spec ({validation_message(e)})") from None
+        raise ConceptError(f"{where}: invalid concept spec ({validation_message(e)})") from None
 
 
 def _word_prefixes(text: str) -> list[str]:
@@ -151,8 +218,9 @@ def make_pairs(spec: ConceptSpec, seed: int = 0) -> tuple[ContrastPairs, Contras
     if len(suffixes) - n_val < 1:
         raise ConceptError(f"concept {spec.name!r} has {len(suffixes)} suffix(es): need at least 2 to split train/val")
     pos, neg = spec.template.format(persona=spec.positive), spec.template.format(persona=spec.negative)
+    neutral = spec.template.format(persona=spec.neutral)
 
     def build(sfx: list[str]) -> ContrastPairs:
-        return ContrastPairs((pos,) * len(sfx), (neg,) * len(sfx), tuple(sfx))
+        return ContrastPairs((pos,) * len(sfx), (neg,) * len(sfx), tuple(sfx), (neutral,) * len(sfx))
 
     return build(suffixes[n_val:]), build(suffixes[:n_val])
