@@ -76,3 +76,15 @@ def adaptive_weights(sep_pos: torch.Tensor, sep_neg: torch.Tensor) -> tuple[torc
     """
     w = 2 * torch.softmax(-torch.stack([sep_pos, sep_neg]).detach(), 0)
     return w[0], w[1]
+
+
+def dpo(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+        beta: float, sign: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """DPO loss (Rafailov et al. 2023), mean over pairs: −log σ(sign·β·[(logπ(y_w) − logπ₀(y_w)) − (logπ(y_l) − logπ₀(y_l))]).
+
+    Inputs are summed sequence log-probs [B] of the preferred (w) and dispreferred (l) completions under the
+    trained policy π and the frozen reference π₀. sign = −1 swaps the preference: BiPO's bidirectional loss
+    (Cao et al. 2024) draws sign d ∈ {±1} and evaluates π at steering coefficient d.
+    """
+    margin = (logp_w - ref_w) - (logp_l - ref_l)
+    return -F.logsigmoid(sign * beta * margin).mean()

@@ -183,7 +183,6 @@ class Trainer:
         self.attached = False
         self.ckpt_dir, self.progress = ckpt_dir, progress
         self.device = pick_device(train_cfg.device)
-        seed_everything(train_cfg.seed)
         n_train = min(len(train_pairs), train_cfg.n_train or len(train_pairs))
         self.train_pairs = train_pairs.subset(list(range(n_train)))
         self.val_pairs = val_pairs.subset(list(range(min(len(val_pairs), train_cfg.n_val))))
@@ -361,7 +360,11 @@ class Trainer:
         return float(total), logged["shift_pos"] - logged["shift_neg"]
 
     def prepare(self) -> None:
-        """Fix the batch order, cache the reference, compute u, attach the adapter, build the optimizer."""
+        """Fix the batch order, cache the reference, compute u, attach the adapter, build the optimizer.
+
+        Seeds the global RNGs first, so the adapter's random init depends on the seed alone, not on what ran
+        between constructing the trainer and running it."""
+        seed_everything(self.tcfg.seed)
         self.batches = self._batches(len(self.train_pairs))
         used = sorted({i for b in self.batches for i in b})
         ref_cache = self._build_cache(self.train_pairs, used)

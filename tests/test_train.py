@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from innerpissa import loss as L
-from innerpissa.adapter import trainable_parameters
+from innerpissa.adapter import steer, trainable_parameters
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
 from innerpissa.testing import tiny_model
@@ -22,14 +22,53 @@ def _trainer(tmp=None, arch="llama", **tkw):
     return Trainer(model, tok, *PAIRS, ACFG, LCFG, TrainConfig(**kw), ckpt_dir=tmp, progress=False)
 
 
+def _fixed_batch_loss(tr, idx):
+    """The training loss of the pairs `idx` at the adapter's current parameters (same batch, same reference)."""
+    b = tr._encode(tr.train_pairs, idx)
+    with torch.no_grad():
+        return float(tr.step_loss(b, tr._reference(tr.train_pairs, idx), tr.u)[0])
+
+
+def _val_shift_by_hand(tr):
+    """Mean (+1) − (−1) projection of the validation pairs on u, over |reference projection|, from the model's own
+    hidden states (output_hidden_states, not the trainer's hook), in units of the mean |reference projection|."""
+    b = tr._encode(tr.val_pairs, list(range(len(tr.val_pairs))))
+    n, N = len(b) // 2, tr.lcfg.last_n_tokens
+
+    def proj(c):
+        with torch.no_grad(), steer(tr.model, c):
+            h = tr.model(**b.model_inputs(), output_hidden_states=True).hidden_states[tr.li + 1][:, -N:].float()
+        z = h @ tr.basis @ tr.u  # [2n, N]
+        return (z[:n] - z[n:]).mean(-1)
+
+    ref = proj(0.0)
+    return float((proj(1.0) - proj(-1.0)).mean() / ref.abs().mean())
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_training_reduces_loss_and_separates_both_ways(arch):
+    init = _trainer(arch=arch, steps=20, eval_every=10)
+    init.prepare()  # the same seeded initial adapter the trained run starts from
     tr = _trainer(arch=arch, steps=20, eval_every=10)
     res = tr.run()
-    first, last = res.history[0], res.history[-1]
-    assert last["loss"] < first["loss"]
+    if res.sign_flipped:
+        tr.adapter.flip()  # compare the parameters training produced, before orientation
+    idx = tr.batches[0]
+    after = _fixed_batch_loss(tr, idx)
+    with torch.no_grad():
+        for p, p0 in zip(trainable_parameters(tr.model), trainable_parameters(init.model)):
+            p.copy_(p0)
+    assert _fixed_batch_loss(tr, idx) > after  # the same batch's loss is lower after training than at init
+    last = res.history[-1]
     assert last["shift_pos"] > 0 > last["shift_neg"]  # c=+1 pushes the projection up, c=-1 down
-    assert res.val_shift > 0  # held-out pairs move the same way after orientation
+
+
+def test_orientation_makes_plus_c_move_validation_pairs_up():
+    tr = _trainer(steps=12)
+    res = tr.run()
+    by_hand = _val_shift_by_hand(tr)
+    assert by_hand > 0  # after orientation +c moves held-out pairs toward the positive persona, measured afresh
+    assert res.val_shift == pytest.approx(by_hand, rel=1e-3)  # and the record reports that very number
 
 
 def test_resume_after_interruption_gives_the_same_adapter(tmp_path):

@@ -19,7 +19,7 @@ import pandas as pd
 from .. import steerers
 from ..io import atomic_write_json
 from .ablations import set_path
-from .run import DETERMINISTIC, TRAINED, RunConfig
+from .run import DETERMINISTIC, OUTPUT_LEVEL, TRAINED, RunConfig
 from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {"prompt_short": ("prompt", {"variant": "short"})}
@@ -43,6 +43,8 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
         method, params = ALIASES.get(name, (name, {}))
         if steps is not None and method in TRAINED:
             params = set_path(params, "train.steps", steps)
+        elif steps is not None and method in OUTPUT_LEVEL:
+            params = {**params, "steps": steps}
         base = make_config({"model": model, "concept": concept, "method": method, "params": params,
                             "datasets": datasets, "coeffs": coeffs, "eval_limit": eval_limit,
                             "eval_part": eval_part, "samples": samples, "pmass_min": pmass_min,

@@ -44,6 +44,7 @@ DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
 PEFT_METHODS = frozenset({"lora", "dora", "pissa"})
 PEFT_FIELDS = frozenset({"r", "alpha", "target_modules", "layer_range"})  # flat kwargs of steerers.peft_lora
 TRAINED = frozenset({"innerpissa"}) | PEFT_METHODS
+OUTPUT_LEVEL = frozenset({"bipo", "dpo_lora"})  # DPO-trained rivals: flat `steps`/`seed` hparams (steerers._preference)
 TRAINED_SECTIONS = {"adapter": AdapterConfig, "loss": LossConfig, "train": TrainConfig}
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 DATA_SEED = 0
