@@ -81,6 +81,16 @@ class LossConfig(_Strict):
     mono_weight: float = Field(1.0, ge=0)
     mono_margin: float = Field(0.05, ge=0)
     adaptive: bool = Field(False, description="loosen coherence for the direction that lags in separation")
+    # published-recipe terms (docs/recipes.md); the defaults reproduce the reprpo-v0 objective
+    sep_kind: Literal["batch", "pair", "antiparallel"] = Field(
+        "batch", description="batch: mean shift along u; pair: per pair, c=-1 reverses (seed); antiparallel: AntiPaSTO")
+    coh_kind: Literal["nll", "tv"] = Field("nll", description="per-token NLL increase over tau, or TV distance barrier")
+    coh_positions: Literal["suffix", "all"] = Field("suffix", description="coherence on the suffix tokens or every position")
+    tv_alpha: float = Field(0.9, gt=0, le=1, description="TV threshold = tv_alpha * sqrt(H_ref + 0.02)")
+    mono_kind: Literal["fixed", "entropy"] = Field("fixed", description="fixed margin on the mean gap, or per-pair sqrt(H) margin")
+    mono_frac: float = Field(0.4, ge=0, description="entropy margin: theta = mono_frac * sqrt(H_ref) + 0.04 nats")
+    warmup: float = Field(0.0, ge=0, lt=1, description="ramp coherence and monotonic weights in over this fraction of steps")
+    adapters_before_loss: bool = Field(False, description="require every adapted layer to be strictly before the loss layer")
 
 
 class TrainConfig(_Strict):
@@ -92,7 +102,11 @@ class TrainConfig(_Strict):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     batch_size: int = Field(8, gt=0, description="pairs per micro-batch")
     grad_accum: int = Field(1, gt=0)
-    steps: int = Field(24, gt=0, description="optimizer steps")
+    steps: int | None = Field(24, gt=0, description="fixed optimizer steps; None: train by epochs (below)")
+    epochs: float = Field(3.0, gt=0, description="with steps=None: passes over the training pairs")
+    max_steps: int | None = Field(None, gt=0, description="with steps=None: cap on optimizer steps")
+    min_delta: float = Field(0.0, ge=0, description="a validation loss must beat the best by this much to count")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this (None: no clipping)")
     n_train: int | None = Field(None, gt=0, description="cap on training pairs (None = all)")
     n_val: int = Field(16, gt=0, description="cap on validation pairs")
     eval_every: int = Field(8, gt=0, description="validate every N steps")

@@ -88,3 +88,87 @@ def dpo(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, ref_l: 
     """
     margin = (logp_w - ref_w) - (logp_l - ref_l)
     return -F.logsigmoid(sign * beta * margin).mean()
+
+
+# ---- terms of the published recipes (docs/recipes.md) --------------------------------------------
+
+
+def separation_pairwise(proj_pi: torch.Tensor, proj_ref: torch.Tensor, sign: float, floor: float = 0.1) -> torch.Tensor:
+    """Per-pair seed objective: −mean_b symlog((sign·p_π − p_ref) / |p_ref|); at c = −1 it asks for a full reversal.
+
+    Each pair is measured against its own reference projection (denominator floored at `floor` × the
+    batch's mean |p_ref| so a near-zero reference cannot blow up); the c = −1 target is −p_ref, not "less".
+    """
+    scale = proj_ref.abs().clamp_min(floor * proj_ref.abs().mean().clamp_min(1e-6))
+    return -symlog((sign * proj_pi - proj_ref) / scale).mean()
+
+
+def fisher_scaled(x: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Batch mean of x [B, k] divided per dimension by `std` [k] (a t-statistic-like vector)."""
+    return x.mean(0) / std
+
+
+def floored_std(x: torch.Tensor, frac: float = 0.1, abs_floor: float = 0.05) -> torch.Tensor:
+    """Per-dimension std over the batch of x [B, k], floored at max(frac·median std, abs_floor)."""
+    std = (x.var(0, unbiased=False) + 1e-6).sqrt()
+    return std.clamp_min(max(float(frac * std.median()), abs_floor))
+
+
+def antiparallel(delta_pos: torch.Tensor, delta_neg: torch.Tensor, diff_ref: torch.Tensor, scale: float = 30.0) -> torch.Tensor:
+    """AntiPaSTO's projection term: the c = +1 and c = −1 changes should point opposite ways along the reference.
+
+    delta_± [B, k] = (chosen − rejected at c = ±1) − (chosen − rejected at c = 0), per pair; diff_ref [B, k]
+    the reference difference. All three are batch-averaged and divided by the reference's per-dimension
+    std (floored), then p = cos(δ₊, ref)·cos(δ₋, ref) ∈ [−1, 1] and the loss is symlog(s + relu(s)²) with
+    s = scale·p: linear pull toward p = −1, quadratic push away from p > 0. Magnitude-free by design
+    (the monotonic margin sets the size of the effect).
+    """
+    std = floored_std(diff_ref.detach())
+    v_ref, v_pos, v_neg = (fisher_scaled(t, std) for t in (diff_ref, delta_pos, delta_neg))
+    p = F.cosine_similarity(v_pos, v_ref, dim=0) * F.cosine_similarity(v_neg, v_ref, dim=0)
+    s = scale * p
+    return symlog(s + F.relu(s).pow(2))
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each position's next-token distribution: [B, T, V] -> [B, T]."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def total_variation(logits_pi: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
+    """TV distance ½Σ|p_π − p_ref| ∈ [0, 1] per position: [B, T, V] x2 -> [B, T] (fraction of mass moved)."""
+    return 0.5 * (logits_pi.float().softmax(-1) - logits_ref.float().softmax(-1)).abs().sum(-1)
+
+
+def tv_coherence(
+    tv: torch.Tensor, h_ref: torch.Tensor, mask: torch.Tensor, alpha: float, floor: float = 0.02, scale: float = 10.0
+) -> torch.Tensor:
+    """TV barrier: per token v = relu(TV − α·√(H_ref + floor)), penalty log1p(scale·v)² + v, masked mean.
+
+    The threshold grows with the reference entropy: tight where the model is sure, loose where it is not.
+    """
+    v = F.relu(tv - alpha * (h_ref.detach() + floor).sqrt())
+    pen = torch.log1p(scale * v).pow(2) + v
+    return (pen * mask).sum() / mask.sum().clamp_min(1)
+
+
+def monotonic_entropy(
+    dlp_neg: torch.Tensor, dlp_pos: torch.Tensor, h_ref: torch.Tensor, frac: float, floor: float = 0.04
+) -> torch.Tensor:
+    """Hinge on per-pair gap changes: Δ(−1) < −θ < 0 < θ < Δ(+1), or all reversed (the cheaper order for the batch).
+
+    Δ(c) [B] = (logp chosen − logp rejected at c) − (the same at c = 0); θ_b = frac·√H_ref,b + floor, so
+    the required effect is in units of the pair's own uncertainty.
+    """
+    th = frac * h_ref.detach().clamp_min(0).sqrt() + floor
+    fwd = (F.relu(dlp_neg + th) + F.relu(th - dlp_pos)).mean()
+    bwd = (F.relu(th - dlp_neg) + F.relu(dlp_pos + th)).mean()
+    return torch.minimum(fwd, bwd)
+
+
+def warmup_factor(step: int, total: int, frac: float) -> float:
+    """Constraint ramp: linear from 0 to 1 over the first `frac` of `total` steps (1 throughout if frac = 0)."""
+    if frac <= 0 or total <= 0:
+        return 1.0
+    return min(1.0, step / (frac * total))

@@ -36,7 +36,7 @@ from .batching import Batch, encode_pairs
 from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
 from .io import atomic_save_tensors, atomic_write_json
-from .models import decoder_layers
+from .models import decoder_layers, select_layers
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,13 +114,24 @@ class _Cache:
     hs: torch.Tensor  # [2n, N, k]
     nll: torch.Tensor  # [2n, tcmax]
     mask: torch.Tensor  # [2n, tcmax]
+    logits: torch.Tensor | None = None  # [2n, T-1, V]: only from a live reference (every position)
+    coh_mask: torch.Tensor | None = None  # positions the coherence barrier covers (None: the suffix `mask`)
+
+
+def forward_logits(
+    model: PreTrainedModel, batch: Batch, layer: nn.Module, last_n: int, basis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over every position: (loss-layer states in the basis [2B, N, k], logits [2B, T-1, V] for tokens 1..T-1)."""
+    with capture(layer, last_n) as store:
+        out = model(**batch.model_inputs())
+    return store["h"].float() @ basis, out.logits[:, :-1]
 
 
 def _tc(batch: Batch) -> int:
     """Number of trailing positions that cover every row's suffix tokens."""
     T = batch.completion_mask.shape[1]
     first = batch.completion_mask.float().argmax(1)
-    return int(T - first.min().item())
+    return min(int(T - first.min().item()), T - 1)  # a left-truncated row's first token has no predecessor
 
 
 class TrainableAdapter(Protocol):
@@ -190,6 +201,21 @@ class Trainer:
         self.basis = self.basis.to(self.device)
         self.loss_layer = decoder_layers(model)[self.li]
         self.autocast = train_cfg.bf16 and self.device.type == "cuda"
+        if loss_cfg.adapters_before_loss and isinstance(adapter, AdapterConfig):
+            adapted = select_layers(len(decoder_layers(model)), adapter.layers, adapter.layer_range)
+            if max(adapted) >= self.li:
+                raise ValueError(f"adapters_before_loss: adapted layers {adapted} reach the loss layer {self.li}; "
+                                 "lower adapter.layer_range or raise loss.loss_layer_frac")
+        per_epoch = max(1, len(self.train_pairs) // min(train_cfg.batch_size, len(self.train_pairs)) // train_cfg.grad_accum)
+        if train_cfg.steps is not None:
+            self.total_steps = train_cfg.steps
+        else:
+            self.total_steps = max(1, math.ceil(train_cfg.epochs * per_epoch))
+            if train_cfg.max_steps is not None:
+                self.total_steps = min(self.total_steps, train_cfg.max_steps)
+        # live reference: the barrier over every position, TV or entropy margins need the frozen model's logits
+        self.live_ref = loss_cfg.coh_positions == "all" or loss_cfg.coh_kind == "tv" or loss_cfg.mono_kind == "entropy"
+        self.ramp = 1.0  # constraint warm-up factor of the current optimizer step (1 when validating)
 
     # ---- data ------------------------------------------------------------------------------
     def _encode(self, pairs: ContrastPairs, idx: list[int]) -> Batch:
@@ -198,7 +224,7 @@ class Trainer:
     def _batches(self, n: int) -> list[list[int]]:
         """Deterministic micro-batch index lists for the whole run (a function of the seed only)."""
         g = torch.Generator().manual_seed(self.tcfg.seed)
-        need = self.tcfg.steps * self.tcfg.grad_accum
+        need = self.total_steps * self.tcfg.grad_accum
         bs = min(self.tcfg.batch_size, n)
         out: list[list[int]] = []
         while len(out) < need:
@@ -214,6 +240,16 @@ class Trainer:
         with self._ctx(0.0):
             hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
         return _Cache(hs, nll, b.completion_mask[:, -tc:].float())
+
+    @torch.no_grad()
+    def _live_reference(self, b: Batch) -> _Cache:
+        """Adapter-off states and logits of this micro-batch at every position (nothing cached)."""
+        with self._ctx(0.0):
+            hs, logits = forward_logits(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis)
+        nll = L.token_nll(logits, b.input_ids[:, 1:])
+        attn = b.attention_mask.float()
+        coh = attn[:, 1:] * attn[:, :-1] if self.lcfg.coh_positions == "all" else b.completion_mask[:, 1:].float()
+        return _Cache(hs, nll, b.completion_mask[:, 1:].float(), logits, coh)
 
     def _ctx(self, c: float) -> contextlib.AbstractContextManager:
         return self.adapter.steer(c) if self.attached and c != 0 else contextlib.nullcontext()
@@ -252,37 +288,74 @@ class Trainer:
 
     # ---- loss ------------------------------------------------------------------------------
     def step_loss(self, b: Batch, ref: _Cache, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total ReprPO loss for one micro-batch (rows: chosen then rejected) and its logged terms."""
+        """Total ReprPO loss for one micro-batch (rows: chosen then rejected) and its logged terms.
+
+        Composes the terms chosen in LossConfig (sep_kind, coh_kind/coh_positions, mono_kind); the
+        coherence and monotonic weights are scaled by the warm-up factor `self.ramp`.
+        """
         lc, n = self.lcfg, len(b) // 2
         tc = ref.nll.shape[1]
         mask = b.completion_mask[:, -tc:].float()
+        cmask = ref.coh_mask if ref.coh_mask is not None else mask
         proj_ref = L.projection(ref.hs[:n], ref.hs[n:], u)
-        d_zero = (L.seq_logp(ref.nll[:n], ref.mask[:n]) - L.seq_logp(ref.nll[n:], ref.mask[n:])).mean()
+        diff_ref = (ref.hs[:n] - ref.hs[n:]).mean(1)
+        lp_zero = L.seq_logp(ref.nll[:n], ref.mask[:n]) - L.seq_logp(ref.nll[n:], ref.mask[n:])  # per pair
         terms: dict[str, torch.Tensor] = {}
         logged: dict[str, float] = {}
-        d: dict[float, torch.Tensor] = {}
+        lp: dict[float, torch.Tensor] = {}
+        delta: dict[float, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
         for c, tag in ((1.0, "pos"), (-1.0, "neg")):
             with self._ctx(c), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
+                if ref.logits is None:
+                    hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
+                    logits = None
+                else:
+                    hs, logits = forward_logits(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis)
+                    nll = L.token_nll(logits, b.input_ids[:, 1:])
             proj = L.projection(hs[:n], hs[n:], u)
             logged[f"shift_{tag}"] = float(L.relative_shift(proj, proj_ref).detach())
-            terms[f"sep_{tag}"] = L.separation(proj, proj_ref, c) if lc.separation else zero
+            delta[c] = (hs[:n] - hs[n:]).mean(1) - diff_ref
+            if not lc.separation or lc.sep_kind == "antiparallel":
+                terms[f"sep_{tag}"] = zero
+            elif lc.sep_kind == "pair":
+                terms[f"sep_{tag}"] = L.separation_pairwise(proj, proj_ref, c)
+            else:
+                terms[f"sep_{tag}"] = L.separation(proj, proj_ref, c)
             rows = slice(0, n) if c > 0 else slice(n, 2 * n)  # this coefficient's "positive" sequence
-            terms[f"coh_{tag}"] = L.coherence(nll[rows], ref.nll[rows], mask[rows], lc.tau) if lc.coherence else zero
-            d[c] = (L.seq_logp(nll[:n], mask[:n]) - L.seq_logp(nll[n:], mask[n:])).mean()
-        terms["mono"] = L.monotonic(d[-1.0], d_zero, d[1.0], lc.mono_margin) if lc.monotonic else zero
+            if not lc.coherence:
+                terms[f"coh_{tag}"] = zero
+            elif lc.coh_kind == "tv":
+                tv = L.total_variation(logits[rows], ref.logits[rows])
+                terms[f"coh_{tag}"] = L.tv_coherence(tv, L.token_entropy(ref.logits[rows]), cmask[rows], lc.tv_alpha,
+                                                     scale=lc.coh_weight)
+            else:
+                terms[f"coh_{tag}"] = L.coherence(nll[rows], ref.nll[rows], cmask[rows], lc.tau)
+            lp[c] = L.seq_logp(nll[:n], mask[:n]) - L.seq_logp(nll[n:], mask[n:])
+        if lc.separation and lc.sep_kind == "antiparallel":  # one shared term, logged half on each side
+            terms["sep_pos"] = terms["sep_neg"] = 0.5 * L.antiparallel(delta[1.0], delta[-1.0], diff_ref)
+        if not lc.monotonic:
+            terms["mono"] = zero
+        elif lc.mono_kind == "entropy":
+            h = L.token_entropy(ref.logits[:n])
+            h_pair = (h * cmask[:n]).sum(-1) / cmask[:n].sum(-1).clamp_min(1)
+            terms["mono"] = L.monotonic_entropy(lp[-1.0] - lp_zero, lp[1.0] - lp_zero, h_pair, lc.mono_frac)
+        else:
+            terms["mono"] = L.monotonic(lp[-1.0].mean(), lp_zero.mean(), lp[1.0].mean(), lc.mono_margin)
         w_pos, w_neg = L.adaptive_weights(terms["sep_pos"], terms["sep_neg"]) if lc.adaptive else (1.0, 1.0)
+        coh_w = 1.0 if lc.coh_kind == "tv" else lc.coh_weight  # the TV barrier carries its weight inside
         total = (
             lc.sep_weight * (terms["sep_pos"] + terms["sep_neg"])
-            + lc.coh_weight * (w_pos * terms["coh_pos"] + w_neg * terms["coh_neg"])
-            + lc.mono_weight * terms["mono"]
+            + self.ramp * coh_w * (w_pos * terms["coh_pos"] + w_neg * terms["coh_neg"])
+            + self.ramp * lc.mono_weight * terms["mono"]
         )
         for k, v in terms.items():
             logged[k] = float(v.detach())
             if not math.isfinite(logged[k]):
                 raise TrainingDiverged(f"loss term {k!r} became {logged[k]}")
         logged["loss"] = float(total.detach())
+        logged["dlp_pos"] = float((lp[1.0] - lp_zero).mean().detach())
+        logged["dlp_neg"] = float((lp[-1.0] - lp_zero).mean().detach())
         return total, logged
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -343,10 +416,10 @@ class Trainer:
         self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "onecycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                self.opt, max_lr=tc.lr, total_steps=tc.steps, pct_start=0.1, cycle_momentum=False
+                self.opt, max_lr=tc.lr, total_steps=self.total_steps, pct_start=0.1, cycle_momentum=False
             )
         elif tc.schedule == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=tc.steps)
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.total_steps)
         else:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
 
@@ -355,7 +428,8 @@ class Trainer:
         """(validation loss, mean projection shift +1 vs −1) on the validation pairs."""
         idx = list(range(len(self.val_pairs)))
         b = self._encode(self.val_pairs, idx)
-        ref = self._ref_for(idx, self.val_cache, self.val_pairs, _tc(b))
+        ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.val_cache, self.val_pairs, _tc(b))
+        self.ramp = 1.0
         total, logged = self.step_loss(b, ref, u)
         return float(total), logged["shift_pos"] - logged["shift_neg"]
 
@@ -384,23 +458,31 @@ class Trainer:
         for k in range(self.tcfg.grad_accum):
             idx = self.batches[step * self.tcfg.grad_accum + k]
             b = self._encode(self.train_pairs, idx)
-            ref = self._ref_for(idx, self.cache, self.train_pairs, _tc(b))
+            ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.cache, self.train_pairs, _tc(b))
+            self.ramp = L.warmup_factor(step, self.total_steps, self.lcfg.warmup)
             total, logged = self.step_loss(b, ref, self.u)
             (total / self.tcfg.grad_accum).backward()
             logs.append(logged)
+        if self.tcfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.tcfg.grad_clip)
         self.opt.step()
         self.sched.step()
         return logs
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-        """Train for `steps` optimizer steps (or until early stopping); `stop_after` simulates a crash."""
+        """Train for `total_steps` (fixed `steps`, or `epochs` capped by `max_steps`) or until early stopping.
+
+        `stop_after` simulates a crash.
+        """
         tc = self.tcfg
         result = TrainResult()
         self.prepare()
         start = 0
         if resume and self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
             start = self.load_checkpoint(result)
-        bar = tqdm(range(start, tc.steps), desc="train", disable=not self.progress, initial=start, total=tc.steps)
+        total = self.total_steps
+        ready = math.ceil(self.lcfg.warmup * total)  # early stopping waits until the constraints are fully in
+        bar = tqdm(range(start, total), desc="train", disable=not self.progress, initial=start, total=total)
         for step in bar:
             if stop_after is not None and step >= stop_after:
                 break
@@ -412,13 +494,13 @@ class Trainer:
                 raise TrainingDiverged(f"{e} at step {step}; adapter rolled back to the last good checkpoint") from None
             row = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
             row.update(step=step + 1, lr=self.sched.get_last_lr()[0])
-            if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
+            if (step + 1) % tc.eval_every == 0 or step + 1 == total:
                 row["val_loss"], row["val_shift"] = self.validate(self.u)
-                if row["val_loss"] < result.best_val:
+                if step + 1 >= ready and row["val_loss"] < result.best_val - tc.min_delta:
                     result.best_val, result.best_step = row["val_loss"], step + 1
                     self.best_params = [p.detach().clone() for p in self.adapter.parameters()]
                     self.bad_evals = 0
-                else:
+                elif step + 1 >= ready:  # during the warm-up a validation is neither a best nor a miss
                     self.bad_evals += 1
             result.history.append(row)
             bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono")})
@@ -426,7 +508,7 @@ class Trainer:
                 self.save_checkpoint(step + 1, result)
             if tc.patience is not None and self.bad_evals >= tc.patience:
                 break
-        if stop_after is not None and stop_after < tc.steps:
+        if stop_after is not None and stop_after < total:
             return result
         with torch.no_grad():
             for p, best in zip(self.adapter.parameters(), self.best_params):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,7 @@ from ..config import validation_message
 SUFFIX_DIR = DATA_DIR / "contrastive_suffixes"
 CONCEPT_DIR = Path(__file__).parent
 DEFAULT_TEMPLATE = "Pretend you're {persona} person."
+SYSTEM_PROMPTS = ("none", "template", "model")  # how a pair's system turn is filled (ContrastPairs.messages)
 ARTICLES = ("a", "an", "the")
 _AN_CONSONANT = ("hone", "honou", "honor", "hour", "heir")  # silent h: "an honest", "an hour"
 _A_VOWEL = ("uni", "use", "usu", "uti", "ure", "eu", "one", "once", "ubiq")  # "you"/"w" sounds: "a unique", "a one"
@@ -77,6 +79,8 @@ class ConceptSpec(BaseModel):
     suffixes: list[SuffixSource] = Field(default_factory=_default_suffixes, min_length=1)
     val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     dataset: str | None = Field(None, description="evaluation set that measures this concept, e.g. dd-fairness")
+    system_prompt: Literal["none", "template", "model"] = Field(
+        "model", description="system turn of every pair: none (empty), template (the persona prompt), model (its default)")
 
     @field_validator("positive", "negative")
     @classmethod
@@ -115,9 +119,12 @@ class ContrastPairs:
     negative_prompts: tuple[str, ...]
     suffixes: tuple[str, ...]
     neutral_prompts: tuple[str, ...] = ()
+    system: str = "model"  # SYSTEM_PROMPTS: how the system turn is filled (see `messages`)
 
     def __post_init__(self) -> None:
         n = len(self.suffixes)
+        if self.system not in SYSTEM_PROMPTS:
+            raise ConceptError(f"unknown system prompt choice {self.system!r}: use one of {', '.join(SYSTEM_PROMPTS)}")
         if n == 0:
             raise ConceptError("no contrastive pairs: check the concept's suffix sources")
         if self.neutral_prompts and len(self.neutral_prompts) != n:
@@ -143,12 +150,22 @@ class ContrastPairs:
             tuple(self.negative_prompts[i] for i in idx),
             tuple(self.suffixes[i] for i in idx),
             tuple(self.neutral_prompts[i] for i in idx) if self.neutral_prompts else (),
+            self.system,
         )
 
     def messages(self, i: int, positive: bool) -> list[dict[str, str]]:
-        """Chat messages for pair i's positive or negative side (assistant turn = the suffix)."""
+        """Chat messages for pair i's positive or negative side (assistant turn = the suffix).
+
+        `system`: "model" sends no system turn (the chat template may insert the model's default, e.g.
+        SmolLM2's "You are a helpful AI assistant named SmolLM…"); "none" an empty system turn (which
+        stops that default); "template" puts the persona prompt in the system turn, the user turn empty.
+        """
         prompt = self.positive_prompts[i] if positive else self.negative_prompts[i]
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": self.suffixes[i]}]
+        suffix = {"role": "assistant", "content": self.suffixes[i]}
+        if self.system == "template":
+            return [{"role": "system", "content": prompt}, {"role": "user", "content": ""}, suffix]
+        head = [{"role": "system", "content": ""}] if self.system == "none" else []
+        return [*head, {"role": "user", "content": prompt}, suffix]
 
 
 def builtin_concepts() -> list[str]:
@@ -221,6 +238,6 @@ def make_pairs(spec: ConceptSpec, seed: int = 0) -> tuple[ContrastPairs, Contras
     neutral = spec.template.format(persona=spec.neutral)
 
     def build(sfx: list[str]) -> ContrastPairs:
-        return ContrastPairs((pos,) * len(sfx), (neg,) * len(sfx), tuple(sfx), (neutral,) * len(sfx))
+        return ContrastPairs((pos,) * len(sfx), (neg,) * len(sfx), tuple(sfx), (neutral,) * len(sfx), spec.system_prompt)
 
     return build(suffixes[n_val:]), build(suffixes[:n_val])

@@ -103,3 +103,22 @@ def side_effect_heatmap(effects: pd.DataFrame, path: Path, title: str = "") -> P
     fig.colorbar(im, ax=ax, label="effect per unit c (label-signed)")
     ax.set_title(f"Effects across value dimensions {title}\n* = significant after BH-FDR (q < 0.05); first column = target")
     return _save(fig, path)
+
+
+def loss_curve(history: list[dict], path: Path) -> Path:
+    """Training curve of one fit: each loss term per step (left) and total train vs validation loss (right)."""
+    df = pd.DataFrame(history)
+    fig = Figure(figsize=(10, 4))
+    ax_terms, ax_total = fig.subplots(1, 2)
+    for k in ("sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono"):
+        if k in df:
+            ax_terms.plot(df["step"], df[k], label=k, lw=1)
+    ax_terms.set(xlabel="optimizer step", ylabel="term value (unweighted)", title="loss terms (train)")
+    ax_terms.legend(fontsize=8)
+    ax_total.plot(df["step"], df["loss"], label="train loss", lw=1, alpha=0.7)
+    if "val_loss" in df:
+        val = df.dropna(subset=["val_loss"])
+        ax_total.plot(val["step"], val["val_loss"], "o-", label="validation loss")
+    ax_total.set(xlabel="optimizer step", ylabel="total loss", title="train vs validation")
+    ax_total.legend(fontsize=8)
+    return _save(fig, path)

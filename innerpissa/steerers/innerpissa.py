@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import adapter as A
 from ..concepts import ContrastPairs
-from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
+from ..recipes import DEFAULT_RECIPE, resolve
 from ..io import atomic_write_text
 from ..train import TrainResult, Trainer
 from .base import Messages, save_meta
@@ -31,19 +31,20 @@ class InnerPiSSASteerer:
 
     name = "innerpissa"
 
-    def __init__(self, adapter: dict | None = None, loss: dict | None = None, train: dict | None = None,
-                 model: str | None = None, concept: str | None = None) -> None:
-        """Sections are validated field by field (a typo raises, naming the valid fields); `model`/`concept` are
+    def __init__(self, recipe: str | None = None, adapter: dict | None = None, loss: dict | None = None,
+                 train: dict | None = None, model: str | None = None, concept: str | None = None) -> None:
+        """`recipe` names a preset (innerpissa.recipes, default DEFAULT_RECIPE); the sections override its fields
+        and are validated field by field (a typo raises, naming the valid fields); `model`/`concept` are
         only recorded (the base-model spec and concept name a saved adapter was trained with)."""
-        self.adapter_cfg = parse_section(AdapterConfig, adapter, "adapter")
-        self.loss_cfg = parse_section(LossConfig, loss, "loss")
-        self.train_cfg = parse_section(TrainConfig, train, "train")
+        self.recipe = recipe or DEFAULT_RECIPE
+        self.adapter_cfg, self.loss_cfg, self.train_cfg = resolve(self.recipe, adapter, loss, train)
         self.extra = {k: v for k, v in (("model", model), ("concept", concept)) if v is not None}
         self.model: PreTrainedModel | None = None
         self.result: TrainResult | None = None
 
     def params(self) -> dict[str, Any]:
         return {
+            "recipe": self.recipe,
             "adapter": self.adapter_cfg.model_dump(mode="json"),
             "loss": self.loss_cfg.model_dump(mode="json"),
             "train": self.train_cfg.model_dump(mode="json"),

@@ -1,0 +1,130 @@
+"""Named recipes: resolution and overrides, each one trains on a tiny model, epochs/early stopping, data choices."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from innerpissa.adapter import trainable_parameters
+from innerpissa.concepts import load_concept, make_pairs
+from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
+from innerpissa.recipes import DEFAULT_RECIPE, RECIPES, apply_data, get_recipe, resolve
+from innerpissa.testing import tiny_model, tiny_tokenizer
+from innerpissa.train import Trainer
+
+SMALL_A = {"r": 8}
+SMALL_L = {"loss_r": 8}
+SMALL_T = {"n_train": 12, "n_val": 4, "batch_size": 4, "grad_accum": 1, "eval_every": 1, "checkpoint_every": 1,
+           "max_length": 40}
+
+
+def test_resolve_applies_the_recipe_then_the_overrides():
+    a, l, t = resolve("antipasto")
+    assert (l.sep_kind, l.coh_kind, l.coh_positions, l.mono_kind) == ("antiparallel", "tv", "all", "entropy")
+    assert (l.loss_layer_frac, l.warmup, t.grad_clip, t.steps, a.dims) == (0.5, 0.2, 1.0, None, "data")
+    a, l, t = resolve("antipasto", {"r": 4}, {"coh_weight": 2.0}, {"lr": 1e-2})
+    assert (a.r, l.coh_weight, t.lr, l.mono_weight) == (4, 2.0, 1e-2, 30.0)  # overrides win, the rest stays
+    assert resolve("reprpo-v0") == (AdapterConfig(), LossConfig(), TrainConfig())  # today's objective = defaults
+    with pytest.raises(ValueError, match="unknown recipe 'nope'.*antipasto"):
+        get_recipe("nope")
+    with pytest.raises(ValueError, match="loss.coh_wieght"):
+        resolve("seed", loss={"coh_wieght": 1.0})
+
+
+def test_recipe_data_overrides_use_all_four_files_and_an_empty_system_turn():
+    spec = load_concept("honesty")
+    assert apply_data(spec, "reprpo-v0") is spec
+    tr, va = make_pairs(apply_data(spec, "antipasto"))
+    assert tr.system == "none" and {s["source"] for s in apply_data(spec, "antipasto").model_dump()["suffixes"]} == {
+        "all_truncated_outputs", "code_questions", "reasoning", "true_facts"}
+    assert any(s.startswith("[INST]") for s in tr.suffixes + va.suffixes)  # code_questions is in
+
+
+def test_system_prompt_choice_is_explicit():
+    tok = tiny_tokenizer()
+    tr, _ = make_pairs(load_concept("honesty"))
+    from dataclasses import replace
+
+    from innerpissa.batching import chat_text
+
+    text = {s: chat_text(tok, replace(tr, system=s).messages(0, True))[0] for s in ("model", "none", "template")}
+    assert "You are a helpful assistant." in text["model"]  # the template's default sneaks in
+    assert "helpful assistant" not in text["none"] and "<|im_start|>system\n<|im_end|>" in text["none"]
+    assert text["template"].startswith(f"<|im_start|>system\n{tr.positive_prompts[0]}<|im_end|>")
+    with pytest.raises(ValueError, match="unknown system prompt choice"):
+        replace(tr, system="persona")
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_trains_finitely_and_keeps_c0_exact(name):
+    a, l, t = resolve(name, SMALL_A, SMALL_L, {**SMALL_T, "steps": 3})
+    tr, va = make_pairs(apply_data(load_concept("honesty"), name))
+    model, tok = tiny_model()
+    ids = torch.randint(0, 1000, (1, 6))
+    base = model(ids).logits
+    res = Trainer(model, tok, tr, va, a, l, t, progress=False).run()
+    assert len(res.history) == 3 and all(math.isfinite(r["loss"]) for r in res.history)
+    assert torch.equal(model(ids).logits, base)  # adapter attached, c = 0: exactly the base model
+    assert res.val_shift >= 0  # oriented so +1 moves held-out pairs the positive way
+
+
+def test_epochs_set_the_step_count_and_early_stopping_ends_the_run():
+    tr, va = make_pairs(load_concept("honesty"))
+    model, tok = tiny_model()
+    t = TrainConfig(**{**SMALL_T, "steps": None, "epochs": 2, "max_steps": None})
+    assert Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).total_steps == 6
+    t = TrainConfig(**{**SMALL_T, "steps": None, "epochs": 2, "max_steps": 5})
+    assert Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).total_steps == 5
+    # min_delta so large that only the first validation counts as a best: stops after `patience` misses
+    t = TrainConfig(**{**SMALL_T, "steps": None, "epochs": 10, "patience": 2, "min_delta": 1e9})
+    model, tok = tiny_model()
+    res = Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).run()
+    assert len(res.history) == 3 and res.best_step == 1
+
+
+def test_adapters_before_loss_is_enforced():
+    tr, va = make_pairs(load_concept("honesty"))
+    model, tok = tiny_model()  # 4 layers: loss layer at depth 0.5 is layer 2
+    with pytest.raises(ValueError, match="reach the loss layer 2"):
+        Trainer(model, tok, tr, va, AdapterConfig(r=8, layer_range=(0.0, 1.0)),
+                LossConfig(loss_r=8, loss_layer_frac=0.5, adapters_before_loss=True), TrainConfig(**SMALL_T))
+
+
+def test_antipasto_resume_is_bit_identical(tmp_path):
+    """Warm-up, clipping and the live reference depend only on the step: a resumed run matches an unbroken one."""
+    a, l, t = resolve("antipasto", SMALL_A, SMALL_L, {**SMALL_T, "steps": None, "epochs": 2, "eval_every": 2,
+                                                      "checkpoint_every": 2})
+    tr, va = make_pairs(apply_data(load_concept("honesty"), "antipasto"))
+
+    def run(d, **kw):
+        model, tok = tiny_model()
+        Trainer(model, tok, tr, va, a, l, t, ckpt_dir=d, progress=False).run(**kw)
+        return [p.detach().clone() for p in trainable_parameters(model)]
+
+    want = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=2)
+    got = run(tmp_path / "b", resume=True)
+    assert all(torch.equal(x, y) for x, y in zip(want, got))
+
+
+def test_cli_records_the_recipe_and_writes_the_loss_curve(run_cli, tmp_path):
+    model, tok = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"recipe": "seed", "adapter": SMALL_A, "loss": SMALL_L,
+                                   "train": {**SMALL_T, "steps": 2}}))
+    code, _, err = run_cli("train", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
+                           "--config", str(cfg), "--recipe", "antipasto")  # the flag wins over the YAML key
+    assert code == 0, err
+    params = json.loads((tmp_path / "o" / "steerer.json").read_text())["params"]
+    assert params["recipe"] == "antipasto" and params["loss"]["sep_kind"] == "antiparallel"
+    assert (tmp_path / "o" / "loss_curve.png").stat().st_size > 1000
+    code, _, err = run_cli("train", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "x"), "--recipe", "nope")
+    assert code == 2 and "unknown recipe 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    assert DEFAULT_RECIPE in RECIPES
