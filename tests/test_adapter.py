@@ -7,6 +7,7 @@ from innerpissa.adapter import (
     AdapterMismatchError, InnerPiSSALinear, adapter_layers, attach, collect_module_inputs, load_adapter, merge,
     remove, rotation, save_adapter, skew, steer, trainable_parameters,
 )
+from innerpissa.adapter.layer import contrast_dims
 from innerpissa.batching import encode_pairs
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig
@@ -143,20 +144,73 @@ def test_bad_config_errors_list_valid_names():
         AdapterConfig(rotate_v=False, rotate_u=False, scale="none")
 
 
-def test_data_aware_dims_pick_contrast_directions():
-    model, tok = tiny_model("llama")
-    train, _ = make_pairs(load_concept("honesty"))
-    b = encode_pairs(tok, train.subset(list(range(8))))
-    cfg = _cfg(r=4, dims="data", layers=(1,), target_modules=("o_proj",))
+def test_data_aware_dims_pick_contrast_directions_by_construction():
+    # W = diag(8, 7, ..., 1): U = V = I, so direction i is input/output coordinate i with singular value 8 - i.
+    S = torch.arange(8, 0, -1, dtype=torch.float32)
+    lin = torch.nn.Linear(8, 8, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.diag(S))
+    g = torch.Generator().manual_seed(0)
+    x_rej = torch.randn(6, 3, 8, generator=g)
+    # chosen and rejected inputs differ only along coordinates 5 and 6 (singular values 3 and 2): the output
+    # difference W(x_cho - x_rej) lies along u_5, u_6, so those are the contrast directions, not the top-2 (0, 1)
+    x_cho = x_rej.clone()
+    x_cho[..., 5] += 4.0
+    x_cho[..., 6] -= 5.0
+    layer = InnerPiSSALinear(lin, _cfg(r=2, dims="data"), dims=contrast_dims(S, torch.eye(8), x_cho, x_rej, 2))
+    assert torch.equal(layer.S, torch.tensor([3.0, 2.0]))
+    assert torch.allclose(layer.V.abs(), torch.eye(8)[:, [5, 6]])
+    # equal-size differences along every coordinate: the output moves most along the largest singular values
+    same = contrast_dims(S, torch.eye(8), x_rej + 1.0, x_rej, 3)
+    assert same.tolist() == [0, 1, 2]
+    # through attach on a real model: a difference confined to one input direction of o_proj is picked first
+    model, _ = tiny_model("llama")
     name = "model.layers.1.self_attn.o_proj"
-    contrast = collect_module_inputs(model, [name], b.model_inputs(), len(b) // 2, last_n=2)
-    layers = attach(model, cfg, contrast=contrast)
-    layer = layers[name]
-    # the kept directions carry more chosen-rejected output difference than the top-r ones
-    x_cho, x_rej = contrast[name]
-    W = layer.base_layer.weight.detach()
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-    score = S * ((x_cho - x_rej).reshape(-1, W.shape[1]) @ Vh.T).pow(2).mean(0).sqrt()
-    picked = torch.stack([(Vh @ layer.V[:, i]).abs().argmax() for i in range(4)])
-    assert score[picked].sum() >= score[:4].sum() - 1e-6
-    assert torch.allclose(score[picked].sort().values, score.topk(4).values.sort().values)
+    W = model.get_submodule(name).weight.detach()
+    _, _, Vh = torch.linalg.svd(W, full_matrices=False)
+    v_last = Vh[-1]  # the weakest input direction: top-r would never keep it
+    base_in = torch.randn(4, 2, W.shape[1], generator=g)
+    contrast = {name: (base_in + 3.0 * v_last, base_in)}
+    layers = attach(model, _cfg(r=4, dims="data", layers=(1,), target_modules=("o_proj",)), contrast=contrast)
+    kept = layers[name].V  # [in, 4]
+    assert (kept.T @ v_last).abs().max() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("scale", ["mult", "add", "tanh"])
+@pytest.mark.parametrize("kind", ["cayley", "matrix_exp"])
+def test_tiny_c_is_first_order_in_the_adapter_parameters(scale, kind):
+    """c = 1e-4 runs the full adapter math; the change must match the hand-derived derivative at c = 0:
+    d/dc [((xV R_v) ⊙ S') R_uᵀ Uᵀ] = [(xV A_v) ⊙ S + (xV) ⊙ S'(0)' + ((xV) ⊙ S) A_uᵀ] Uᵀ, A = skew(P), R'(0) = A."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(10, 7, bias=True)
+    layer = InnerPiSSALinear(lin, _cfg(r=4, rotate_u=True, scale=scale, rotation=kind, init_std=0.3)).double()
+    x = torch.randn(3, 10, dtype=torch.float64)
+    z, S, U = x @ layer.V, layer.S, layer.U
+    Av, Au = skew(layer.P_v, layer.cfg.max_angle), skew(layer.P_u, layer.cfg.max_angle)
+    dS = {"mult": S * layer.lam, "add": layer.lam, "tanh": torch.tanh(layer.lam) * S}[scale]
+    parts = [(z @ Av) * S @ U.T, (z * dS) @ U.T, ((z * S) @ Au.T) @ U.T]
+    assert all(p.abs().max() > 1e-3 for p in parts)  # each parameter group contributes
+    deriv = sum(parts)
+    base, h = layer.base_layer(x), 1e-4
+    out = {}
+    for c in (h, -h):
+        layer.coeff = c
+        out[c] = layer(x)
+        one_sided = (out[c] - base) / c  # = deriv + O(c): off by at most ~c·|second derivative|
+        assert (one_sided - deriv).abs().max() < 1e-3 * deriv.abs().max()
+        assert torch.allclose(layer.delta_weight(c) @ x.T, (out[c] - base).T, atol=1e-10)  # merge path too
+    assert torch.allclose((out[h] - out[-h]) / (2 * h), deriv, rtol=1e-6, atol=1e-8)  # central: deriv + O(c²)
+
+
+def test_steering_is_continuous_at_c0():
+    model, _ = tiny_model("llama")
+    attach(model, _cfg(rotate_u=True, scale="tanh"))
+    with torch.no_grad():
+        base = model(IDS).logits
+        slopes = []
+        for c in (1e-1, 1e-2, 1e-3):
+            with steer(model, c):
+                slopes.append(((model(IDS).logits - base).norm() / c).item())
+    # the change shrinks linearly with c (a finite directional derivative), no jump at 0
+    assert slopes[0] > 0 and slopes[1] == pytest.approx(slopes[2], rel=0.05)
+    assert slopes[0] == pytest.approx(slopes[2], rel=0.5)
