@@ -28,19 +28,27 @@ class AdapterMismatchError(ValueError):
 
 def target_names(model: PreTrainedModel, cfg: AdapterConfig) -> list[str]:
     """Full module names to adapt; unknown module names raise with the list of valid ones."""
+    return linear_names(model, select_layers(len(decoder_layers(model)), cfg.layers, cfg.layer_range), cfg.target_modules)
+
+
+def linear_names(model: nn.Module, layer_idx: list[int], targets: tuple[str, ...] | list[str]) -> list[str]:
+    """Full names of the linear modules called `targets` (last name part) in decoder layers `layer_idx`.
+
+    The one module finder of every weight-adapting method (InnerPiSSA, LoRA/DoRA/PiSSA); a module already
+    replaced by an adapter layer (it has a `base_layer`) still counts. Unknown names raise with the valid ones.
+    """
     layers = decoder_layers(model)
     prefix = _layers_prefix(model)
-    idx = select_layers(len(layers), cfg.layers, cfg.layer_range)
-    valid = sorted({n.split(".")[-1] for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)})
-    unknown = [t for t in cfg.target_modules if t not in valid]
+
+    def linear(m: nn.Module) -> bool:
+        return isinstance(m, nn.Linear) or isinstance(getattr(m, "base_layer", None), nn.Linear)
+
+    valid = sorted({n.split(".")[-1] for n, m in layers[0].named_modules() if linear(m) and n.split(".")[-1] != "base_layer"})
+    unknown = [t for t in targets if t not in valid]
     if unknown:
         raise ValueError(f"unknown target module(s) {unknown}; valid linear modules: {', '.join(valid)}")
-    names = []
-    for i in idx:
-        for n, m in layers[i].named_modules():
-            if isinstance(m, (nn.Linear, InnerPiSSALinear)) and n.split(".")[-1] in cfg.target_modules:
-                names.append(f"{prefix}.{i}.{n}")
-    return names
+    return [f"{prefix}.{i}.{n}" for i in layer_idx for n, m in layers[i].named_modules()
+            if linear(m) and n.split(".")[-1] in targets]
 
 
 def _layers_prefix(model: nn.Module) -> str:
@@ -48,7 +56,8 @@ def _layers_prefix(model: nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is layers)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at the dotted path `name` (the one module-replacement step of every adapter)."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
 
@@ -83,7 +92,7 @@ def attach(
             dims = contrast_dims(S, Vh.T, *contrast[name], cfg.r)
         layer = InnerPiSSALinear(base, cfg, dims=dims, frozen=None if frozen is None else frozen[name])
         layer.to(base.weight.device)
-        _set(model, name, layer)
+        replace_module(model, name, layer)
         out[name] = layer
     model.requires_grad_(False)
     for layer in out.values():
@@ -96,7 +105,7 @@ def attach(
 def remove(model: PreTrainedModel) -> None:
     """Restore the original nn.Linear modules (the model is exactly the base model again)."""
     for name, layer in adapter_layers(model).items():
-        _set(model, name, layer.base_layer)
+        replace_module(model, name, layer.base_layer)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -129,7 +138,7 @@ def merge(model: PreTrainedModel, c: float) -> PreTrainedModel:
     for name, layer in layers.items():
         W = layer.base_layer.weight
         W.copy_((W.float() + layer.delta_weight(c)).to(W.dtype))
-        _set(model, name, layer.base_layer)
+        replace_module(model, name, layer.base_layer)
     return model
 
 

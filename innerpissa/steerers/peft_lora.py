@@ -1,13 +1,22 @@
 """LoRA / DoRA / PiSSA baselines trained with the same ReprPO loss, steered by a signed coefficient.
 
-peft builds and initialises each adapter (`lora.Linear` with `init_lora_weights=True | "pissa"`,
-`use_dora`). Its effective weight W'(θ) is W_b + s·BA (LoRA, PiSSA; for PiSSA W_b is peft's residual
-weight) or m ⊙ (W_b + s·BA)/‖W_b + s·BA‖_row (DoRA, norm detached as in peft). We steer with
+Each target nn.Linear is replaced (`adapter.replace_module`, the same surgery as InnerPiSSA) by peft's own
+`lora.Linear` around the *unchanged* base layer; peft builds and initialises the adapter
+(`init_lora_weights=True | "pissa"`, `use_dora`). Its effective weight W'(θ) is W + s·BA (LoRA), W_res + s·BA
+with W_res = W − s·B₀A₀ (PiSSA), or m ⊙ (W + s·BA)/‖W + s·BA‖_row (DoRA, norm detached as in peft), s = α/r.
+We steer with
 
     y = W x + b + c · (W'(θ) − W'(θ₀)) x
 
-i.e. c scales the adapter's *change* of the weight. For LoRA (B₀ = 0) this is exactly peft's forward
-with scaling c·α/r; for PiSSA and DoRA subtracting W'(θ₀) is what makes c = 0 the base model.
+i.e. c scales the adapter's *change* of the weight, through peft's forward:
+
+- LoRA: the layer's scaling is c·s (peft's `set_scale(c)`), exactly peft's forward at that scale.
+- PiSSA: the base weight stays W and a frozen second peft adapter `init` holds (A₀, B₀) at scaling −c·s,
+  so y = W x + b + c·s·(BA − B₀A₀) x; no residual copy of W is kept.
+- DoRA: the scaling stays s and the output is lerp(base(x), peft(x), c) = base + c·(W'(θ) − W) x (a forward
+  hook), since peft's DoRA is not linear in its scaling; W'(θ₀) = W because peft initialises m = ‖W‖_row.
+
+At rest (outside `steer`) LoRA/PiSSA run at scaling 0 and DoRA's hook returns base(x): bit-exactly the base model.
 """
 
 from __future__ import annotations
@@ -22,11 +31,11 @@ from peft import LoraConfig
 from peft.tuners.lora import Linear as PeftLoraLinear
 from safetensors.torch import load_file
 from torch import nn
-from torch.nn import functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..adapter.model import _layers_prefix, linear_names, replace_module
 from ..concepts import ContrastPairs
-from ..config import LossConfig, TrainConfig
+from ..config import LossConfig, TrainConfig, parse_section
 from ..io import atomic_save_tensors
 from ..models import decoder_layers, select_layers
 from ..train import TrainResult, Trainer
@@ -34,96 +43,115 @@ from .base import Messages, save_meta
 from .innerpissa import split_val
 
 ADAPTER = "default"
+INIT = "init"  # PiSSA's frozen initial factors, subtracted so that c = 0 is the base model
 
 
-class SignedDeltaLinear(nn.Module):
-    """A frozen nn.Linear plus a peft LoRA-family adapter whose weight change is scaled by `coeff`."""
-
-    def __init__(self, base: nn.Linear, variant: str, r: int, alpha: float, seed: int) -> None:
-        super().__init__()
-        self.base_layer = base
-        self.coeff, self.sign = 0.0, 1.0
-        self.variant = variant
-        shadow = nn.Linear(base.in_features, base.out_features, bias=False, device=base.weight.device)
+def peft_layer(base: nn.Linear, variant: str, r: int, alpha: float, seed: int) -> PeftLoraLinear:
+    """peft's lora.Linear around `base` (left unchanged), initialised by peft with a local seed; adapter frozen."""
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, use_dora=variant == "dora")
+    with torch.random.fork_rng(devices=[base.weight.device] if base.weight.is_cuda else []):
+        torch.manual_seed(seed)  # peft draws lora_A from the global RNG: fork it, never reseed the caller's
+        layer = PeftLoraLinear(base, ADAPTER, config=cfg, r=r, lora_alpha=alpha)
+    if variant == "pissa":  # peft's PiSSA init on a throw-away copy: its principal factors, our W untouched
+        tmp = nn.Linear(base.in_features, base.out_features, bias=False, device=base.weight.device)
         with torch.no_grad():
-            shadow.weight.copy_(base.weight.float())
-        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, use_dora=variant == "dora",
-                         init_lora_weights="pissa" if variant == "pissa" else True)
-        torch.manual_seed(seed)
-        self.peft = PeftLoraLinear(shadow, ADAPTER, config=cfg, r=r, lora_alpha=alpha)
-        self.peft.requires_grad_(False)
-        for p in self.parameters_():
-            p.requires_grad_(True)
-        self.register_buffer("W0", self.effective_weight().detach().clone())
+            tmp.weight.copy_(base.weight.float())
+        init = PeftLoraLinear(tmp, ADAPTER, config=LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="pissa"),
+                              r=r, lora_alpha=alpha)
+        layer.update_layer(INIT, r, lora_alpha=alpha, config=LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0))
+        with torch.no_grad():
+            for name in (ADAPTER, INIT):
+                layer.lora_A[name].weight.copy_(init.lora_A[ADAPTER].weight)
+                layer.lora_B[name].weight.copy_(init.lora_B[ADAPTER].weight)
+        layer.set_adapter([ADAPTER, INIT])
+    layer.requires_grad_(False)
+    layer.to(base.weight.device)
+    return layer
 
-    def parameters_(self) -> list[nn.Parameter]:
-        """Trainable tensors: lora_A, lora_B (+ DoRA magnitude)."""
-        ps = [self.peft.lora_A[ADAPTER].weight, self.peft.lora_B[ADAPTER].weight]
-        if self.variant == "dora":
-            ps.append(self.peft.lora_magnitude_vector[ADAPTER].weight)
-        return ps
 
-    def effective_weight(self) -> torch.Tensor:
-        """W'(θ): the weight peft's adapter would merge into the layer."""
-        p = self.peft
-        Wb = p.get_base_layer().weight
-        W = Wb + p.scaling[ADAPTER] * (p.lora_B[ADAPTER].weight @ p.lora_A[ADAPTER].weight)
-        if self.variant == "dora":
-            m = p.lora_magnitude_vector[ADAPTER].weight
-            W = (m / torch.linalg.norm(W, dim=1).detach()).unsqueeze(1) * W
-        return W
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        if self.coeff == 0.0:
-            return y
-        delta = self.effective_weight() - self.W0
-        return y + (self.coeff * self.sign) * F.linear(x.to(delta.dtype), delta).to(y.dtype)
+def trainable_tensors(layer: PeftLoraLinear) -> list[nn.Parameter]:
+    """The layer's trainable tensors in a fixed order: lora_A, lora_B (+ DoRA magnitude)."""
+    ps = [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
+    if ADAPTER in layer.lora_magnitude_vector:
+        ps.append(layer.lora_magnitude_vector[ADAPTER].weight)
+    return ps
 
 
 class PeftTrainable:
-    """Puts SignedDeltaLinear layers into the model for Trainer; flipping toggles a sign."""
+    """peft lora.Linear layers in `model` for Trainer; `steer(c)` sets peft's scaling, `flip` negates the sign of c."""
 
     def __init__(self, model: PreTrainedModel, variant: str, r: int, alpha: float, target_modules: tuple[str, ...],
                  layer_range: tuple[float, float], seed: int) -> None:
         self.model, self.variant, self.r, self.alpha = model, variant, r, alpha
         self.targets, self.layer_range, self.seed = target_modules, layer_range, seed
+        self._layers: dict[str, PeftLoraLinear] = {}
+        self.sign, self.coeff = 1.0, 0.0
 
-    def layers(self) -> dict[str, SignedDeltaLinear]:
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, SignedDeltaLinear)}
+    def layers(self) -> dict[str, PeftLoraLinear]:
+        """The attached peft layers by module name (empty before `attach`)."""
+        return dict(self._layers)
 
     def attach(self, trainer: Trainer | None = None) -> None:
-        if self.layers():
+        """Replace each target nn.Linear by a peft lora.Linear (seeded per decoder layer); idempotent."""
+        if self._layers:
             return
-        blocks = decoder_layers(self.model)
-        prefix = next(n for n, m in self.model.named_modules() if m is blocks)
-        for i in select_layers(len(blocks), None, self.layer_range):
-            for n, m in list(blocks[i].named_modules()):
-                if isinstance(m, nn.Linear) and n.split(".")[-1] in self.targets:
-                    full = f"{prefix}.{i}.{n}"
-                    parent, _, child = full.rpartition(".")
-                    setattr(self.model.get_submodule(parent), child,
-                            SignedDeltaLinear(m, self.variant, self.r, self.alpha, self.seed + i))
-        if not self.layers():
+        idx = select_layers(len(decoder_layers(self.model)), None, self.layer_range)
+        names = linear_names(self.model, idx, self.targets)
+        prefix = _layers_prefix(self.model)
+        if not names:
             raise ValueError(f"no modules named {self.targets} in the chosen layers")
+        self.model.requires_grad_(False)
+        for name in names:
+            base = self.model.get_submodule(name)
+            if not isinstance(base, nn.Linear):
+                raise ValueError(f"{name} is already adapted ({type(base).__name__}); use a fresh model")
+            layer = peft_layer(base, self.variant, self.r, self.alpha, self.seed + int(name[len(prefix) + 1:].split(".")[0]))
+            if self.variant == "dora":
+                layer.register_forward_hook(self._dora_hook)
+            replace_module(self.model, name, layer)
+            self._layers[name] = layer
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self._apply(0.0)
+
+    def _dora_hook(self, layer: PeftLoraLinear, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        w = self.sign * self.coeff
+        if w == 1.0:
+            return out
+        base = layer.base_layer(args[0])
+        return base if w == 0.0 else torch.lerp(base, out, w)
+
+    def _apply(self, c: float) -> None:
+        """Set every layer to coefficient c (through peft's scaling; DoRA through its hook)."""
+        self.coeff = float(c)
+        for layer in self._layers.values():
+            if self.variant == "dora":
+                layer.set_scale(ADAPTER, 1.0)
+                continue
+            layer.set_scale(ADAPTER, self.sign * self.coeff)
+            if self.variant == "pissa":
+                layer.set_scale(INIT, -self.sign * self.coeff)
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for layer in self.layers().values() for p in layer.parameters_()]
+        """Trainable tensors of every layer (A, B, + DoRA magnitude), in module order."""
+        return [p for layer in self._layers.values() for p in trainable_tensors(layer)]
 
     @contextlib.contextmanager
     def steer(self, c: float) -> Iterator[None]:
-        layers = list(self.layers().values())
-        for layer in layers:
-            layer.coeff = float(c)
+        """Every forward inside runs at coefficient c; the previous coefficient comes back on exit."""
+        if not self._layers:
+            raise ValueError("LoRA-family steerer has no layers on this model: fit or load it first")
+        prev = self.coeff
+        self._apply(c)
         try:
             yield
         finally:
-            for layer in layers:
-                layer.coeff = 0.0
+            self._apply(prev)
 
     def flip(self) -> None:
-        for layer in self.layers().values():
-            layer.sign = -layer.sign
+        """c -> −c for every layer (the sign is saved with the adapter)."""
+        self.sign = -self.sign
+        self._apply(self.coeff)
 
 
 class PeftSteerer:
@@ -134,32 +162,38 @@ class PeftSteerer:
 
     def __init__(self, r: int = 8, alpha: float = 16.0, target_modules: tuple[str, ...] | list[str] = ("o_proj", "down_proj"),
                  layer_range: tuple[float, float] | list[float] = (0.3, 0.8), loss: dict | None = None,
-                 train: dict | None = None, **extra: Any) -> None:
+                 train: dict | None = None) -> None:
+        """`loss`/`train` sections are validated field by field: a typo raises, naming the valid fields."""
         self.r, self.alpha = r, alpha
         self.target_modules, self.layer_range = tuple(target_modules), tuple(layer_range)
-        self.loss_cfg, self.train_cfg = LossConfig(**(loss or {})), TrainConfig(**(train or {}))
-        self.extra = extra
+        self.loss_cfg = parse_section(LossConfig, loss, "loss")
+        self.train_cfg = parse_section(TrainConfig, train, "train")
         self.handle: PeftTrainable | None = None
         self.result: TrainResult | None = None
 
     def params(self) -> dict[str, Any]:
         return {"r": self.r, "alpha": self.alpha, "target_modules": list(self.target_modules),
                 "layer_range": list(self.layer_range), "loss": self.loss_cfg.model_dump(mode="json"),
-                "train": self.train_cfg.model_dump(mode="json"), **self.extra}
+                "train": self.train_cfg.model_dump(mode="json")}
 
     def _handle(self, model: PreTrainedModel) -> PeftTrainable:
         return PeftTrainable(model, self.variant, self.r, self.alpha, self.target_modules, self.layer_range, self.train_cfg.seed)
 
     def fit(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs,
-            val: ContrastPairs | None = None, progress: bool = True) -> None:
+            val: ContrastPairs | None = None, ckpt_dir: Path | None = None, resume: bool = False,
+            progress: bool = True) -> None:
+        """Train with the InnerPiSSA trainer (same loop, checkpoints in `ckpt_dir`, `resume` continues them)."""
         self.handle = self._handle(model)
         train_pairs, val_pairs = split_val(pairs, val)
-        trainer = Trainer(model, tok, train_pairs, val_pairs, self.handle, self.loss_cfg, self.train_cfg, progress=progress)
-        self.result = trainer.run()
+        trainer = Trainer(model, tok, train_pairs, val_pairs, self.handle, self.loss_cfg, self.train_cfg,
+                          ckpt_dir, progress=progress)
+        self.result = trainer.run(resume=resume)
 
     def steer(self, model: PreTrainedModel, c: float) -> ContextManager[None]:
-        if c == 0 or self.handle is None:
-            return contextlib.nullcontext()
+        if self.handle is None:
+            raise ValueError(f"{self.name} steerer is not fitted: call fit() or load it from a saved directory")
+        if self.handle.model is not model:
+            raise ValueError(f"{self.name} steerer was fitted/loaded on another model instance: load it onto this one")
         return self.handle.steer(c)
 
     def messages(self, messages: Messages, c: float) -> Messages:
@@ -170,19 +204,20 @@ class PeftSteerer:
             raise ValueError("nothing to save: fit or load the steerer first")
         tensors = {}
         for n, layer in self.handle.layers().items():
-            for i, p in enumerate(layer.parameters_()):
+            for i, p in enumerate(trainable_tensors(layer)):
                 tensors[f"{n}.p{i}"] = p
-            tensors[f"{n}.sign"] = torch.tensor(layer.sign)
+            tensors[f"{n}.sign"] = torch.tensor(self.handle.sign)
         atomic_save_tensors(tensors, Path(path) / "steerer.safetensors")
         save_meta(self, path)
 
     def load(self, model: PreTrainedModel, path: Path) -> None:
-        """Rebuild the layers with the same seeded init (so W'(θ₀) and PiSSA's residual match), then load θ."""
+        """Rebuild the layers with the same seeded init (so W'(θ₀) and PiSSA's A₀, B₀ match), then load θ."""
         tensors = load_file(str(Path(path) / "steerer.safetensors"))
         self.handle = self._handle(model)
         self.handle.attach()
         with torch.no_grad():
             for n, layer in self.handle.layers().items():
-                for i, p in enumerate(layer.parameters_()):
+                for i, p in enumerate(trainable_tensors(layer)):
                     p.copy_(tensors[f"{n}.p{i}"])
-                layer.sign = float(tensors[f"{n}.sign"])
+        self.handle.sign = float(next(v for k, v in tensors.items() if k.endswith(".sign")))
+        self.handle._apply(0.0)
