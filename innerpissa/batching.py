@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .capture import capture
 from .concepts import ContrastPairs
 
 Messages = list[dict[str, str]]
@@ -92,11 +93,17 @@ def encode_pairs(tok: PreTrainedTokenizerBase, pairs: ContrastPairs, max_length:
 def last_token_hidden(
     model: PreTrainedModel, batch: Batch, layers: Sequence[int], last_n: int = 1, batch_size: int = 32
 ) -> dict[int, torch.Tensor]:
-    """Residual-stream output of each decoder layer in `layers` at the last `last_n` tokens: {l: [B, last_n, d]}."""
+    """Residual-stream output of each decoder layer in `layers` at the last `last_n` tokens: {l: [B, last_n, d]}.
+
+    Read with hooks on the layers themselves (the stream steering adds to; for the last layer that is before
+    the final norm, unlike `output_hidden_states[-1]`)."""
+    from .models import decoder_layers
+
+    blocks = decoder_layers(model)
     out: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    for s in range(0, len(batch), batch_size):
-        b = batch[s: s + batch_size]
-        hs = model(**b.model_inputs(), output_hidden_states=True, logits_to_keep=1).hidden_states
-        for l in layers:
-            out[l].append(hs[l + 1][:, -last_n:].float())
+    with capture({l: blocks[l] for l in layers}, last_n) as store:
+        for s in range(0, len(batch), batch_size):
+            model(**batch[s: s + batch_size].model_inputs(), logits_to_keep=1)
+            for l in layers:
+                out[l].append(store[l].float())
     return {l: torch.cat(v) for l, v in out.items()}

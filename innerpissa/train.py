@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import random
-from collections.abc import Iterator
 from typing import Protocol
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from . import loss as L
 from . import adapter as A
 from .batching import Batch, encode_pairs
+from .capture import capture
 from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
 from .io import atomic_save_tensors, atomic_write_json
@@ -82,26 +82,11 @@ def loss_basis(model: PreTrainedModel, cfg: LossConfig) -> tuple[int, torch.Tens
     return li, torch.cat(bases, 1)
 
 
-@contextlib.contextmanager
-def capture(layer: nn.Module, last_n: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Within the block, `store["h"]` holds the output hidden state of `layer` at the last N tokens."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(mod: nn.Module, args: tuple, out: torch.Tensor | tuple) -> None:
-        store["h"] = (out[0] if isinstance(out, tuple) else out)[:, -last_n:]
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
 def forward_terms(
     model: PreTrainedModel, batch: Batch, layer: nn.Module, last_n: int, basis: torch.Tensor, tc: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward: (loss-layer states in the basis [2B, N, k], per-token suffix NLL [2B, tc])."""
-    with capture(layer, last_n) as store:
+    with capture({"h": layer}, last_n) as store:
         out = model(**batch.model_inputs(), logits_to_keep=tc + 1)
     nll = L.token_nll(out.logits[:, :-1], batch.input_ids[:, -tc:])
     return store["h"].float() @ basis, nll
@@ -122,7 +107,7 @@ def forward_logits(
     model: PreTrainedModel, batch: Batch, layer: nn.Module, last_n: int, basis: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over every position: (loss-layer states in the basis [2B, N, k], logits [2B, T-1, V] for tokens 1..T-1)."""
-    with capture(layer, last_n) as store:
+    with capture({"h": layer}, last_n) as store:
         out = model(**batch.model_inputs())
     return store["h"].float() @ basis, out.logits[:, :-1]
 

@@ -37,7 +37,7 @@ def test_second_fit_trains_a_fresh_adapter_with_the_new_config():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(trian={"steps": 3}), r"unexpected keyword argument 'trian'.*valid: adapter, loss, train, model, concept"),
+    (dict(trian={"steps": 3}), r"unexpected keyword argument 'trian'.*valid: .*adapter, loss, train, model, concept"),
     (dict(train={"stpes": 3}), r"unknown config path\(s\) train.stpes; train fields are: seed, lr"),
     (dict(adapter={"rr": 3}), r"unknown config path\(s\) adapter.rr; adapter fields are: r, target_modules"),
     (dict(loss={"tau": -1}), r"bad config value loss.tau: Input should be greater than or equal to 0"),

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..capture import capture
 from ..config import AdapterConfig
 from ..io import atomic_save_tensors, atomic_write_json
 from ..models import decoder_layers, model_id, select_layers
@@ -219,17 +220,6 @@ def collect_module_inputs(
     model: PreTrainedModel, names: list[str], batch_inputs: dict[str, torch.Tensor], n_pos: int, last_n: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Inputs to each named module at the last `last_n` tokens; rows [:n_pos] chosen, [n_pos:] rejected."""
-    store: dict[str, torch.Tensor] = {}
-    hooks = [
-        model.get_submodule(n).register_forward_hook(
-            lambda mod, args, out, n=n: store.__setitem__(n, args[0][:, -last_n:].detach().float())
-        )
-        for n in names
-    ]
-    try:
-        with torch.no_grad():
-            model(**batch_inputs, logits_to_keep=1)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: (x[:n_pos], x[n_pos:]) for n, x in store.items()}
+    with torch.no_grad(), capture({n: model.get_submodule(n) for n in names}, last_n, of="input") as store:
+        model(**batch_inputs, logits_to_keep=1)
+    return {n: (x[:n_pos].float(), x[n_pos:].float()) for n, x in store.items()}

@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, encode_pairs
+from ..capture import capture
 from ..concepts import ContrastPairs
 from ..models import decoder_layers
 from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fitted_layers, layer_hparams, sorted_chunks, unsort
-from .base import TensorSteerer, forward_hooks
+from .base import TensorSteerer
 
 
 def find_modules(model: PreTrainedModel, layers: Sequence[int], names: Sequence[str]) -> dict[str, nn.Linear]:
@@ -50,18 +51,13 @@ def find_modules(model: PreTrainedModel, layers: Sequence[int], names: Sequence[
 @torch.no_grad()
 def last_token_outputs(model: PreTrainedModel, batches: Iterable[Batch], modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Output of each module at the last (left-padded) position for every row: {key: [B, out]}."""
-    store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
-
-    def factory() -> list:
-        return [
-            m.register_forward_hook(lambda mod, args, out, k=k: store[k].append(out[:, -1].float().cpu()))
-            for k, m in modules.items()
-        ]
-
-    with forward_hooks(factory):
+    outs: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
+    with capture(modules, 1) as store:
         for b in batches:
             model(**b.model_inputs(), logits_to_keep=1)
-    return {k: torch.cat(v) for k, v in store.items()}
+            for k in modules:
+                outs[k].append(store[k][:, -1].float().cpu())
+    return {k: torch.cat(v) for k, v in outs.items()}
 
 
 class SSpaceSteerer(TensorSteerer):
