@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -154,6 +155,22 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(obj, nn.ModuleList):
             return obj
     raise ModelLoadError(f"{type(model).__name__} exposes no model.model.layers; only HF decoder LMs are supported")
+
+
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]], header: bool = True) -> str:
+    """sha256 (hex) of tensors in the given order: each one's bytes, preceded by `name|dtype|shape` if `header`.
+
+    The one model hash: the run cache's dirty check and the eval record hash the whole state dict with headers;
+    the adapter fingerprint hashes the target weights as float32 bytes without headers (its saved format)."""
+    h = hashlib.sha256()
+    for name, t in named:
+        t = t.detach().cpu().contiguous()
+        if header:
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(t.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def model_id(model: PreTrainedModel) -> str:

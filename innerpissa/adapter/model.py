@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from transformers import PreTrainedModel
 from ..capture import capture
 from ..config import AdapterConfig
 from ..io import atomic_save_tensors, atomic_write_json
-from ..models import decoder_layers, model_id, select_layers
+from ..models import decoder_layers, model_id, select_layers, tensors_sha256
 from .layer import InnerPiSSALinear, contrast_dims
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -145,19 +144,16 @@ def merge(model: PreTrainedModel, c: float) -> PreTrainedModel:
 
 def fingerprint(model: PreTrainedModel, names: list[str]) -> dict:
     """Identify the base model: its name, layer count, target shapes and a sha256 of the target weights."""
-    h = hashlib.sha256()
-    shapes = {}
+    weights = []
     for n in names:
         m = model.get_submodule(n)
-        w = (m.base_layer if isinstance(m, InnerPiSSALinear) else m).weight
-        shapes[n] = list(w.shape)
-        h.update(w.detach().float().cpu().numpy().tobytes())
+        weights.append((n, (m.base_layer if isinstance(m, InnerPiSSALinear) else m).weight))
     return {
         "model": model_id(model),
         "n_layers": len(decoder_layers(model)),
         "hidden_size": getattr(model.config, "hidden_size", None),
-        "shapes": shapes,
-        "weights_sha256": h.hexdigest(),
+        "shapes": {n: list(w.shape) for n, w in weights},
+        "weights_sha256": tensors_sha256(weights, header=False),
     }
 
 

@@ -33,7 +33,7 @@ from ..eval.metrics import dose_response, effects_by_dim, summarize
 from ..eval.overlap import train_overlap
 from ..eval.score import describe, score
 from ..io import atomic_write, atomic_write_json
-from ..models import model_id
+from ..models import model_id, tensors_sha256
 from ..steerers import Steerer
 
 PACKAGES = ("torch", "transformers", "numpy", "pandas", "scipy", "statsmodels", "peft")
@@ -53,12 +53,7 @@ def _clean(obj: Any) -> Any:
 
 def model_state_sha256(model: PreTrainedModel, n: int = 16) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), adapters included."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:n]
+    return tensors_sha256(sorted(model.state_dict().items()))[:n]
 
 
 def code_version() -> dict[str, Any]:

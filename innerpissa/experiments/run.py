@@ -37,7 +37,7 @@ from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
-from ..models import DEFAULT_MODEL, load_model
+from ..models import DEFAULT_MODEL, load_model, tensors_sha256
 from ..steerers import Steerer
 
 DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
@@ -149,12 +149,10 @@ _MODEL_CACHE: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, tuple]] 
 
 
 def _fingerprint(model: PreTrainedModel) -> tuple:
-    """Module structure, hook count and a parameter checksum: any change means a run left the model dirty."""
+    """Module structure, hook count and the state's sha256: any change means a run left the model dirty."""
     mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    with torch.no_grad():
-        checksum = sum(float(p.double().sum()) for p in model.parameters())
-    return mods, hooks, checksum
+    return mods, hooks, tensors_sha256(model.state_dict().items())
 
 
 def load_cached(spec: str) -> Loaded:
