@@ -6,7 +6,9 @@ import copy
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import Linear as PeftLoraLinear
 
+from innerpissa.adapter import AdapterMismatchError
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import LossConfig, TrainConfig
 from innerpissa.steerers import get_steerer, load_steerer
@@ -138,6 +140,10 @@ def test_fit_steer_save_reload(variant, tmp_path):
         assert torch.allclose(fresh(IDS).logits, plus, atol=1e-6)
     with pytest.raises(ValueError, match="another model"):
         again.steer(model, 1.0)
+    other, _ = tiny_model("qwen2", seed=1)
+    with pytest.raises(AdapterMismatchError, match="trained on base model"):
+        load_steerer(other, tmp_path)
+    assert not any(isinstance(m, PeftLoraLinear) for m in other.modules())  # refused before any surgery
 
 
 def test_init_uses_no_global_rng_and_is_seeded():

@@ -22,6 +22,7 @@ At rest (outside `steer`) LoRA/PiSSA run at scaling 0 and DoRA's hook returns ba
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ContextManager
@@ -29,15 +30,16 @@ from typing import Any, ContextManager
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import Linear as PeftLoraLinear
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..adapter.model import _layers_prefix, linear_names, replace_module
+from ..adapter.model import AdapterMismatchError, _layers_prefix, fingerprint, linear_names, replace_module
 from ..concepts import ContrastPairs
 from ..config import LossConfig, TrainConfig, parse_section
 from ..io import atomic_save_tensors
-from ..models import decoder_layers, select_layers
+from ..models import decoder_layers, model_id, select_layers
 from ..train import TrainResult, Trainer
 from .base import Messages, save_meta
 from .innerpissa import split_val
@@ -154,6 +156,24 @@ class PeftTrainable:
         self._apply(self.coeff)
 
 
+def check_base(model: PreTrainedModel, file: Path, method: str) -> None:
+    """Refuse a saved adapter whose base-model fingerprint (weights sha256, shapes) is not `model`'s."""
+    with safe_open(str(file), "pt") as f:
+        saved = json.loads((f.metadata() or {}).get("fingerprint", "null"))
+        names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
+    if saved is None:  # saved before fingerprints were recorded: nothing to check against
+        return
+    try:
+        fp = fingerprint(model, names)
+    except AttributeError:
+        fp = {"shapes": None}
+    if fp.get("shapes") != saved["shapes"] or fp.get("weights_sha256") != saved["weights_sha256"]:
+        raise AdapterMismatchError(
+            f"{method} steerer in {file.parent} was trained on base model {saved['model']!r} (weights sha256 "
+            f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
+        )
+
+
 class PeftSteerer:
     """LoRA-family adapter trained with ReprPO (same loss/training as InnerPiSSA); c scales its weight change."""
 
@@ -207,12 +227,15 @@ class PeftSteerer:
             for i, p in enumerate(trainable_tensors(layer)):
                 tensors[f"{n}.p{i}"] = p
             tensors[f"{n}.sign"] = torch.tensor(self.handle.sign)
-        atomic_save_tensors(tensors, Path(path) / "steerer.safetensors")
+        fp = fingerprint(self.handle.model, sorted(self.handle.layers()))  # sorted: as `check_base` reads them
+        atomic_save_tensors(tensors, Path(path) / "steerer.safetensors", metadata={"fingerprint": json.dumps(fp)})
         save_meta(self, path)
 
     def load(self, model: PreTrainedModel, path: Path) -> None:
         """Rebuild the layers with the same seeded init (so W'(θ₀) and PiSSA's A₀, B₀ match), then load θ."""
-        tensors = load_file(str(Path(path) / "steerer.safetensors"))
+        file = Path(path) / "steerer.safetensors"
+        tensors = load_file(str(file))
+        check_base(model, file, self.name)
         self.handle = self._handle(model)
         self.handle.attach()
         with torch.no_grad():
