@@ -401,7 +401,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.schedule == "onecycle":
             self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                self.opt, max_lr=tc.lr, total_steps=self.total_steps, pct_start=0.1, cycle_momentum=False
+                self.opt, max_lr=tc.lr, total_steps=self.total_steps, cycle_momentum=False,
+                pct_start=0.1 if self.total_steps != 10 else 0.15,  # torch divides by zero when pct_start·steps == 1
             )
         elif tc.schedule == "cosine":
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.total_steps)

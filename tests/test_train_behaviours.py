@@ -122,3 +122,8 @@ def test_matrix_exp_rotation_by_hand_and_through_training():
     for layer in adapter_layers(tr.model).values():
         R, _ = layer.rotations(1.0)
         assert torch.allclose(R @ R.T, torch.eye(R.shape[0]), atol=1e-5)
+
+
+def test_onecycle_schedule_runs_at_ten_steps():
+    tr = _trainer(steps=10, eval_every=10, n_train=8, batch_size=4)  # torch's OneCycleLR divides by 0 at exactly 10
+    assert len(tr.run().history) == 10
