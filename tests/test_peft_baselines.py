@@ -122,10 +122,12 @@ def test_fit_steer_save_reload(variant, tmp_path):
     with pytest.raises(ValueError, match="not fitted"):
         s.steer(model, 1.0)
     s.fit(model, tok, TRAIN.subset(list(range(16))), VAL.subset(list(range(4))), progress=False)
+    assert not any(isinstance(m, PeftLoraLinear) for m in model.modules())  # at rest: the plain base layers
     with torch.no_grad():
         with s.steer(model, 0.0):
             assert torch.equal(model(IDS).logits, base)
         with s.steer(model, 1.0):
+            assert sum(isinstance(m, PeftLoraLinear) for m in model.modules()) == 8  # 4 layers x 2 modules
             plus = model(IDS).logits
             with s.steer(model, 0.5):
                 pass

@@ -16,7 +16,8 @@ i.e. c scales the adapter's *change* of the weight, through peft's forward:
 - DoRA: the scaling stays s and the output is lerp(base(x), peft(x), c) = base + c·(W'(θ) − W) x (a forward
   hook), since peft's DoRA is not linear in its scaling; W'(θ₀) = W because peft initialises m = ‖W‖_row.
 
-At rest (outside `steer`) LoRA/PiSSA run at scaling 0 and DoRA's hook returns base(x): bit-exactly the base model.
+At rest (outside `steer`, or c = 0) the model holds its plain base layers again: bit-exactly the base model at
+no cost; `steer(c)` puts the peft layers back in (one `replace_module` per layer).
 """
 
 from __future__ import annotations
@@ -110,27 +111,24 @@ class PeftTrainable:
             layer = peft_layer(base, self.variant, self.r, self.alpha, self.seed + int(name[len(prefix) + 1:].split(".")[0]))
             if self.variant == "dora":
                 layer.register_forward_hook(self._dora_hook)
-            replace_module(self.model, name, layer)
-            self._layers[name] = layer
+            self._layers[name] = layer  # put into the model by `_apply` whenever c != 0
         for p in self.parameters():
             p.requires_grad_(True)
         self._apply(0.0)
 
     def _dora_hook(self, layer: PeftLoraLinear, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        """base + w·(peft's DoRA output − base), w = sign·c (c = 0 never gets here: the base layer is in)."""
         w = self.sign * self.coeff
-        if w == 1.0:
-            return out
-        base = layer.base_layer(args[0])
-        return base if w == 0.0 else torch.lerp(base, out, w)
+        return out if w == 1.0 else torch.lerp(layer.base_layer(args[0]), out, w)
 
     def _apply(self, c: float) -> None:
-        """Set every layer to coefficient c (through peft's scaling; DoRA through its hook)."""
+        """Set every layer to coefficient c through peft's scaling (DoRA: its hook); at c = 0 the model gets its
+        plain base layers back (bit-exact, no adapter cost), otherwise the peft layers are put in."""
         self.coeff = float(c)
-        for layer in self._layers.values():
-            if self.variant == "dora":
-                layer.set_scale(ADAPTER, 1.0)
-                continue
-            layer.set_scale(ADAPTER, self.sign * self.coeff)
+        for name, layer in self._layers.items():
+            replace_module(self.model, name, layer if self.coeff else layer.base_layer)
+            if self.variant != "dora":
+                layer.set_scale(ADAPTER, self.sign * self.coeff)
             if self.variant == "pissa":
                 layer.set_scale(INIT, -self.sign * self.coeff)
 
