@@ -109,3 +109,47 @@ def test_neutral_prompts_are_disjoint_from_training_and_evaluation_text():
     theirs = set().union(*(_grams(t) for t in other))
     assert ours.isdisjoint(theirs)
     assert not set(prompts) & other
+
+
+def test_compare_at_kl_budgets_end_to_end(tmp_path, run_cli):
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from test_sweep import TINY_CONCEPT
+
+    concept = tmp_path / "honesty_small.yaml"
+    concept.write_text(yaml.safe_dump(TINY_CONCEPT))
+    root, out = tmp_path / "root", tmp_path / "out"
+    common = ["compare", "--model", "tiny-llama", "--concept", str(concept), "--datasets", "dd-honesty", "--eval-limit",
+              "8", "--pmass-min", "0", "--seeds", "1", "--root", str(root), "--out", str(out), "--methods", "random,prompt"]
+    code, _, err = run_cli(*common, "--kl", "0.05,abc")
+    assert code == 2 and "error:" in err and "'abc'" in err and not root.exists()
+    assert run_cli(*common, "--kl", "0.05,0.2")[0] == 0
+    info = json.loads((out / "compare.json").read_text())
+    summaries = {(c["method"], c["kl"]): json.loads((root / "runs" / h / "summary.json").read_text())["dd-honesty"]
+                 for h, c in info["runs"].items()}
+    assert sorted(summaries) == [("prompt", 0.05), ("prompt", 0.2), ("random", 0.05), ("random", 0.2)]
+    for b in (0.05, 0.2):
+        s = summaries["random", b]
+        assert s["kl_budget"] == b and s["kl_converged"] is True
+        assert abs(s["kl_pos"] - b) <= 0.05 * b and abs(s["kl_neg"] - b) <= 0.05 * b
+        p = summaries["prompt", b]  # on/off: measured at ±1, the same at every budget
+        assert (p["coeff_pos"], p["coeff_neg"], p["kl_converged"]) == (1.0, 1.0, None) and p["kl_pos"] > 0
+        table = pd.read_csv(out / f"table1_dd-honesty_kl{b:g}.csv").set_index("label")
+        assert table.loc["random", "kl_pos"] == pytest.approx(s["kl_pos"])
+        assert f"at KL {b:g} mean" in (out / f"table1_dd-honesty_kl{b:g}.md").read_text()
+    assert summaries["random", 0.2]["coeff_pos"] > summaries["random", 0.05]["coeff_pos"]
+    # scored in budget units: coeff ±1 is the calibrated c (raw_coeff); the calibration is stored with the fit
+    h = next(h for h, c in info["runs"].items() if c["method"] == "random" and c["kl"] == 0.2)
+    sc = pd.read_parquet(root / "runs" / h / "scores.parquet").drop_duplicates("coeff").set_index("coeff")["raw_coeff"]
+    s = summaries["random", 0.2]
+    assert sc.to_dict() == pytest.approx({-1.0: -s["coeff_neg"], 0.0: 0.0, 1.0: s["coeff_pos"]})
+    assert len(list((root / "fits").glob("*/calibration/*.json"))) == 2 + 2
+    # raw coefficients stay the default, and still report the KL they cost at c = ±1
+    assert run_cli(*common[:-2], "--methods", "random", "--out", str(tmp_path / "raw"))[0] == 0
+    raw = json.loads((tmp_path / "raw" / "compare.json").read_text())["runs"]
+    (h, cfg), = raw.items()
+    s = json.loads((root / "runs" / h / "summary.json").read_text())["dd-honesty"]
+    assert cfg["kl"] is None and s["kl_budget"] is None and s["coeff_pos"] == 1.0 and s["kl_pos"] > 0

@@ -13,7 +13,7 @@ positions are compared. The statistic over all positions is their mean or 95th p
 Solver (`solve_coeff`): per sign, start at |c| = 1, then move on log|c|: while the budget is not bracketed, jump by
 the slope-2 law KL ≈ a·c² (clamped to ×16 per step); once bracketed, interpolate in (log|c|, log KL), kept in the
 inner 80 % of the bracket so it always shrinks. Steering-lite calibrates one sign with a log-log Illinois secant,
-one prompt at a time; here both signs, every prompt in one batch, typically 3–5 evaluations per sign.
+one prompt at a time; here both signs (the second starting from the first's answer), every prompt in one batch.
 """
 
 from __future__ import annotations
@@ -45,10 +45,16 @@ def neutral_prompts(n: int | None = None) -> list[str]:
     return prompts[:n]
 
 
-def kl_stat(kl: torch.Tensor, stat: Stat) -> float:
-    """Mean or 95th percentile of per-token KL values (0 for no tokens)."""
+def check_stat(stat: str) -> str:
+    """The KL statistic's name if valid ('mean' or 'p95'), else a one-line ValueError."""
     if stat not in ("mean", "p95"):
         raise ValueError(f"KL statistic must be 'mean' or 'p95', got {stat!r}")
+    return stat
+
+
+def kl_stat(kl: torch.Tensor, stat: Stat) -> float:
+    """Mean or 95th percentile of per-token KL values (0 for no tokens)."""
+    check_stat(stat)
     if kl.numel() == 0:
         return 0.0
     return float(kl.mean()) if stat == "mean" else float(torch.quantile(kl.double(), 0.95))
@@ -170,7 +176,7 @@ def solve_coeff(f: Callable[[float], float], budget: float, sign: int = 1, c0: f
 class Calibration:
     """Calibrated coefficients (magnitudes) for each sign at one KL budget, with the measured KL and the search."""
 
-    budget: float
+    budget: float | None  # None: measured at c = ±1, not calibrated
     stat: str
     coeff_pos: float
     coeff_neg: float
@@ -185,15 +191,21 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """The flat fields every run summary and table carries: budget, statistic, both c and their KL."""
+        ok = None if self.converged_pos is None else bool(self.converged_pos and self.converged_neg)
+        return {"kl_budget": self.budget, "kl_stat": self.stat, "coeff_pos": self.coeff_pos, "coeff_neg": self.coeff_neg,
+                "kl_pos": self.kl_pos, "kl_neg": self.kl_neg, "kl_converged": ok}
 
-def calibrate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, budget: float,
+
+def calibrate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, budget: float | None,
               stat: Stat = "mean", n_prompts: int = 8, max_new_tokens: int = 16, rollout: Rollout = "steered",
               rtol: float = 0.05, max_steps: int = 10, batch_size: int = 16) -> Calibration:
     """Per sign, the |c| where `stat` of token KL(base ‖ steered) on the neutral prompts equals `budget`.
 
-    A steerer with `discrete_coeffs` (prompting: on/off) cannot be tuned; its KL at c = ±1 is measured and
-    reported instead, with coeff_pos = coeff_neg = 1."""
-    kl_stat(torch.zeros(1), stat)  # validate the statistic name before any model work
+    A steerer with `discrete_coeffs` (prompting: on/off) cannot be tuned, and budget None asks for no tuning
+    (raw-c runs): then the KL at c = ±1 is measured and reported, with coeff_pos = coeff_neg = 1."""
+    check_stat(stat)
     t0 = time.perf_counter()
     meter = KLMeter(model, tok, steerer, neutral_prompts(n_prompts), max_new_tokens, rollout, batch_size)
     history: list[dict[str, float]] = []
@@ -205,12 +217,13 @@ def calibrate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Ste
 
     settings = {"n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "rollout": rollout, "rtol": rtol,
                 "max_steps": max_steps, "direction": "KL(base || steered)"}
-    if getattr(steerer, "discrete_coeffs", None) is not None:
+    if budget is None or getattr(steerer, "discrete_coeffs", None) is not None:
         kl_pos, kl_neg = f(1.0), f(-1.0)
         return Calibration(budget, stat, 1.0, 1.0, kl_pos, kl_neg, None, None, settings, history,
                            round(time.perf_counter() - t0, 3))
     c_pos, kl_pos, ok_pos, _ = solve_coeff(f, budget, +1, rtol=rtol, max_steps=max_steps)
-    c_neg, kl_neg, ok_neg, _ = solve_coeff(f, budget, -1, rtol=rtol, max_steps=max_steps)
+    # the negative side starts where the positive one ended: KL is often near-symmetric in c, so this saves steps
+    c_neg, kl_neg, ok_neg, _ = solve_coeff(f, budget, -1, c0=abs(c_pos), rtol=rtol, max_steps=max_steps)
     return Calibration(budget, stat, abs(c_pos), abs(c_neg), kl_pos, kl_neg, ok_pos, ok_neg, settings, history,
                        round(time.perf_counter() - t0, 3))
 

@@ -38,6 +38,20 @@ def _split(value: str, what: str) -> list[str]:
     return items
 
 
+def parse_budgets(value: str) -> list[float]:
+    """KL budgets from '0.05,0.5': positive numbers, else a one-line error naming the bad item."""
+    out = []
+    for item in _split(value, "kl"):
+        try:
+            b = float(item)
+        except ValueError:
+            b = float("nan")
+        if not b > 0 or b == float("inf"):
+            raise ValueError(f"--kl {value!r}: {item!r} is not a positive number of nats (e.g. --kl 0.05,0.5)")
+        out.append(b)
+    return out
+
+
 @app.command()
 def sweep(
     spec: Annotated[Path, typer.Argument(help="sweep spec YAML (see sweeps/*.yaml)")],
@@ -89,6 +103,10 @@ def compare(
     n_pairs: Annotated[int | None, typer.Option(help="fit every method on this many contrastive pairs")] = None,
     samples: Annotated[int, typer.Option(help="questions with steered generations at c = -1, 0, +1")] = 0,
     pmass_min: Annotated[float, typer.Option(help="log-ratio is NaN where P(yes)+P(no) is below this")] = 0.1,
+    kl: Annotated[str | None, typer.Option(help="comma-separated KL budgets (nats/token), e.g. 0.05,0.5: score each "
+                                           "method at the per-sign c where KL(base || steered) on neutral prompts "
+                                           "equals the budget, instead of at raw c; --coeffs are then budget units")] = None,
+    kl_stat: Annotated[str, typer.Option(help="per-token KL statistic of the budget: mean | p95")] = "mean",
     ray: Annotated[bool, typer.Option("--ray", help="run on Ray (local, or $RAY_ADDRESS / --address)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
 ) -> None:
@@ -100,7 +118,7 @@ def compare(
     opt = {k: v if v is not None else defaults.get(k) for k, v in given.items()}  # explicit options always win
     cfgs = compare_configs(_split(methods, "methods"), opt["seeds"], model, concept, _split(opt["datasets"], "datasets"),
                            coeffs or [-1.0, 0.0, 1.0], opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
-                           opt["n_pairs"])
+                           opt["n_pairs"], parse_budgets(kl) if kl is not None else None, kl_stat)
     res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
     console = _console()
     for ds, t in res.table1.items():

@@ -10,6 +10,7 @@ Aliases: `prompt_short` = `prompt` with the "Be honest." / "Be dishonest." varia
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ QUICK = {"seeds": 1, "eval_limit": 24, "steps": 20, "n_pairs": 128, "datasets": 
 def compare_configs(methods: list[str], seeds: int, model: str, concept: str, datasets: list[str],
                     coeffs: list[float], eval_limit: int | None = None, eval_part: str = "report",
                     steps: int | None = None, samples: int = 0, pmass_min: float = 0.1,
-                    n_pairs: int | None = None) -> list[RunConfig]:
-    """One RunConfig per (method, seed); `steps` overrides train.steps of the trained methods, `n_pairs` caps
-    the training pairs of every method (one shared subset)."""
+                    n_pairs: int | None = None, kl: Sequence[float] | None = None,
+                    kl_stat: str = "mean") -> list[RunConfig]:
+    """One RunConfig per (method, seed[, KL budget]); `steps` overrides train.steps of the trained methods, `n_pairs`
+    caps the training pairs of every method (one shared subset). With `kl` budgets, each run is scored in budget
+    units (c = ±1: the per-sign coefficient at which KL(base || steered) = the budget; see `eval.calibrate`)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     known = steerers.available()
@@ -52,9 +55,15 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
         discrete = getattr(steerers.get_steerer(method, **base.steerer_params()), "discrete_coeffs", None)
         if discrete is not None:
             base = make_config({**base.model_dump(), "coeffs": [c for c in base.coeffs if c in discrete]})
+        variants = [base] if not kl else [make_config({**base.model_dump(), "kl": b, "kl_stat": kl_stat}) for b in kl]
         for seed in [0] if method in DETERMINISTIC else range(seeds):
-            cfgs.append(base.model_copy(update={"seed": seed}))
+            cfgs += [v.model_copy(update={"seed": seed}) for v in variants]
     return cfgs
+
+
+def kl_budget(collected: pd.DataFrame) -> pd.Series:
+    """Each collected run's KL budget (NaN for raw-coefficient runs, including runs made before calibration)."""
+    return pd.to_numeric(collected.get("cfg.kl", pd.Series(index=collected.index, dtype=float)), errors="coerce")
 
 
 @dataclass
@@ -80,19 +89,25 @@ def run_compare(cfgs: list[RunConfig], root: Path, out: Path, use_ray: bool = Fa
         raise ValueError(f"every compare run failed ({len(summary.failed)}); see error.json in {Path(root) / 'runs'}")
     collected = collect(root)
     collected = collected[collected["run_hash"].isin(hashes)]
+    all_scores = load_scores(root, sorted(hashes))
     out = Path(out)
-    tables = {}
-    for ds in dict.fromkeys(d for c in cfgs for d in c.datasets):
-        tables[ds] = table1(collected, ds)
-        write_table(tables[ds], out / f"table1_{ds}")
-        bar_chart(tables[ds], out / f"table1_{ds}.png")
-    scores = load_scores(root, sorted(hashes))
-    atg, atg_error = None, None
-    try:
-        atg = against_the_grain(collected, scores)
-        write_table(atg, out / "against_the_grain")
-    except ValueError as e:  # e.g. no c = -1 in the coefficients, or no valid log-ratios there
-        atg_error = str(e)
+    tables, atgs, atg_error = {}, [], None
+    for kl in dict.fromkeys(c.kl for c in cfgs):  # one set of tables per KL budget (None: raw coefficients)
+        runs = collected[kl_budget(collected) == kl] if kl is not None else collected[kl_budget(collected).isna()]
+        tag = "" if kl is None else f"_kl{kl:g}"
+        for ds in dict.fromkeys(d for c in cfgs for d in c.datasets):
+            tables[ds + tag] = table1(runs, ds)
+            write_table(tables[ds + tag], out / f"table1_{ds}{tag}")
+            bar_chart(tables[ds + tag], out / f"table1_{ds}{tag}.png")
+        try:
+            atg = against_the_grain(runs, all_scores[all_scores["run_hash"].isin(runs["run_hash"])])
+            write_table(atg, out / f"against_the_grain{tag}")
+            shown = atg.assign(**({"KL budget": kl} if kl is not None else {}))
+            shown.attrs = {}  # the numbers are in the per-budget CSVs; pandas cannot concat frames with attrs
+            atgs.append(shown)
+        except ValueError as e:  # e.g. no c = -1 in the coefficients, or no valid log-ratios there
+            atg_error = str(e)
+    atg = pd.concat(atgs, ignore_index=True) if atgs else None
     atomic_write_json(out / "compare.json", {
         "root": str(root), "runs": {c.content_hash(): c.model_dump(mode="json") for c in cfgs},
         "against_the_grain_error": atg_error, **summary.to_json(),

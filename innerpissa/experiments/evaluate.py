@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import __version__
 from ..concepts import ContrastPairs
+from ..eval.calibrate import Calibration, CalibratedSteerer
 from ..eval.datasets import EvalSet, limit_rows, load_dataset
 from ..eval.metrics import dose_response, effects_by_dim, summarize
 from ..eval.overlap import train_overlap
@@ -115,11 +116,14 @@ def evaluate_run(
     n_boot: int = 1000,
     pmass_min: float = 0.1,
     progress: bool = True,
+    calibration: Calibration | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score `steerer` on each dataset at `coeffs`, write the run directory, and return summary.json's content.
 
     `train_pairs` (the pairs the steerer was fitted on) enable the leakage check; without them
     n_train_overlap is null. `limit` keeps at most that many rows per dataset (whole dilemmas, seeded).
+    `calibration` (see `eval.calibrate`) adds its budget, both coefficients and their measured KL to every
+    summary and to config.json; a `CalibratedSteerer`'s own coefficients go to scores.parquet as `raw_coeff`.
     """
     if not datasets:
         raise ValueError("no datasets to evaluate: pass at least one, e.g. dd-honesty")
@@ -135,12 +139,15 @@ def evaluate_run(
     tables, effects, curves, summary = [], [], {}, {}
     for es in sets:
         table = score(model, tok, steerer, es, coeffs, batch_size, max_length, pmass_min, seed, progress)
+        if isinstance(steerer, CalibratedSteerer):
+            table["raw_coeff"] = table["coeff"].map(steerer.raw)
         eff = effects_by_dim(table, n_boot, seed)
         summary[es.name] = {
             **summarize(table, es.target_dim, n_boot, seed, effects=eff),
             **{k: v for k, v in describe(table).items() if k != "n_nan"},
             "n_questions": len(es),
             "n_train_overlap": len(train_overlap(es, train_pairs, OVERLAP_NGRAM)) if train_pairs is not None else None,
+            **(calibration.summary() if calibration is not None else {}),
         }
         tables.append(table)
         effects.append(eff.assign(dataset=es.name))
@@ -158,6 +165,7 @@ def evaluate_run(
         "steerer": {"method": steerer.name, "params": steerer.params()},
         "coeffs": coeffs, "seed": seed, "batch_size": batch_size, "max_length": max_length, "limit": limit,
         "pmass_min": pmass_min, "n_boot": n_boot,
+        "calibration": calibration.to_json() if calibration is not None else None,
         "overlap": {"checked": train_pairs is not None, "ngram": OVERLAP_NGRAM,
                     "n_train_pairs": len(train_pairs) if train_pairs is not None else None},
         "datasets": {es.name: {"hash": es.content_hash(), "target_dim": es.target_dim, "n_rows": len(es), "info": es.info}

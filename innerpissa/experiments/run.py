@@ -38,6 +38,7 @@ from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pai
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
 from ..models import DEFAULT_MODEL, load_model, tensors_sha256
+from ..eval.calibrate import Calibration, CalibratedSteerer, calibrate
 from ..steerers import Steerer
 
 DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
@@ -93,6 +94,9 @@ class RunConfig(BaseModel):
     batch_size: int = Field(16, gt=0)
     pmass_min: float = Field(0.1, ge=0, le=1, description="log-ratio is NaN where P(yes)+P(no) is below this")
     samples: int = Field(0, ge=0, description="prompts with steered generations at c=-1,0,1 (0 = none)")
+    kl: float | None = Field(None, gt=0, description="KL budget: coeffs become budget units, ±1 = the calibrated "
+                             "per-sign c at which KL(base || steered) on neutral prompts equals this (None: raw c)")
+    kl_stat: Literal["mean", "p95"] = Field("mean", description="per-token KL statistic the budget applies to")
 
     @field_validator("coeffs")
     @classmethod
@@ -108,8 +112,12 @@ class RunConfig(BaseModel):
         return self
 
     def content_hash(self, n: int = 12) -> str:
-        """Short sha256 of the canonical JSON of the whole config."""
-        return _hash(self.model_dump(mode="json"), n)
+        """Short sha256 of the canonical JSON of the whole config (raw-c runs omit the KL fields, so hashes of
+        runs made before calibration existed still match)."""
+        d = self.model_dump(mode="json")
+        if d["kl"] is None:
+            d = {k: v for k, v in d.items() if k not in ("kl", "kl_stat")}
+        return _hash(d, n)
 
     def steerer_params(self) -> dict[str, Any]:
         """Constructor kwargs for the steerer: `params` with the seed injected where the method uses one."""
@@ -211,6 +219,22 @@ def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerB
     return steerer, {**info, "reused": False}
 
 
+CALIBRATION = {"n_prompts": 8, "max_new_tokens": 16, "rollout": "steered"}  # KL measurement of every run
+
+
+def calibrate_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer,
+                     root: Path) -> Calibration:
+    """The run's calibration (c at the budget `cfg.kl`, or for raw-c runs the KL measured at c = ±1), stored with
+    its fit as ROOT/fits/<fit-hash>/calibration/<key>.json, so every run of that fit and budget reuses it."""
+    key = {"budget": cfg.kl, "stat": cfg.kl_stat, **CALIBRATION}
+    path = Path(root) / "fits" / cfg.fit_hash() / "calibration" / f"{_hash(key, 12)}.json"
+    if path.is_file():
+        return Calibration(**json.loads(path.read_text()))
+    cal = calibrate(model, tok, steerer, cfg.kl, cfg.kl_stat, **CALIBRATION)
+    atomic_write_json(path, cal.to_json())
+    return cal
+
+
 # --- one run ---
 
 def eval_sets(cfg: RunConfig) -> list[Any]:
@@ -259,8 +283,11 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
         model, tok = load_cached(cfg.model)
         train, val = fit_pairs(cfg.concept, cfg.n_pairs)
         steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
+        calibration = calibrate_cached(cfg, model, tok, steerer, root)
+        if cfg.kl is not None:  # coefficients are budget units from here on
+            steerer = CalibratedSteerer(steerer, calibration)
         sets = eval_sets(cfg)
-        evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed,
+        evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed, calibration=calibration,
                      train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min)
         if cfg.samples:
             write_samples(cfg, model, tok, steerer, sets, out)

@@ -23,6 +23,7 @@ METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", 
 DEFAULT_TARGETS = {"dd-honesty": "Value/honesty", "truthfulqa": "truthfulqa/true"}
 TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect",
                   "action_bias", "effect_pooled"]
+CALIBRATION_METRICS = ["coeff_pos", "coeff_neg", "kl_pos", "kl_neg"]  # the run's c at ±1 and its KL (eval.calibrate)
 
 
 def _num(x: float) -> str:
@@ -106,7 +107,7 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
     stat_rows, rows = [], []
     for label in order_labels(list(runs["label"].unique())):
         g = runs[runs["label"] == label]
-        aggs = {m: seed_aggregate(g, m) for m in TABLE1_METRICS}
+        aggs = {m: seed_aggregate(g, m) for m in TABLE1_METRICS + CALIBRATION_METRICS}
         eff, yb = aggs["effect"], aggs["yesbias_effect"]
         n_seeds = int(g["seed"].nunique())
         st = {"label": label, "method": g["method"].iloc[0], "n_seeds": n_seeds,
@@ -128,10 +129,21 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "Yes-bias-controlled effect": f"{fmt_ci(yb)} (p={fmt_p(yb['p'])})",
             "action bias": fmt_ci(aggs["action_bias"]),
             "pooled effect (not side-balanced)": fmt_ci(aggs["effect_pooled"]),
+            "c +/− (KL +/−)": _calibration_cell(g, aggs),
         })
     out = pd.DataFrame(rows)
     out.attrs["stats"] = pd.DataFrame(stat_rows)
     return out
+
+
+def _calibration_cell(runs: pd.DataFrame, aggs: dict) -> str:
+    """'+c/−c (KL +/−)' at the run's ±1, averaged over seeds; prefixed with the budget for calibrated runs."""
+    m = {k: aggs[k]["mean"] for k in CALIBRATION_METRICS}
+    if not np.isfinite(m["kl_pos"]):
+        return "–"
+    budget = pd.to_numeric(runs.get("kl_budget"), errors="coerce").dropna() if "kl_budget" in runs else pd.Series(dtype=float)
+    head = f"at KL {budget.iloc[0]:g} {runs['kl_stat'].iloc[0]}: " if len(budget) else ""
+    return f"{head}+{_num(m['coeff_pos'])}/−{_num(m['coeff_neg'])} ({_num(m['kl_pos'])}/{_num(m['kl_neg'])})"
 
 
 def target_dim(collected: pd.DataFrame, dataset: str) -> str:
