@@ -18,6 +18,7 @@ import contextlib
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -128,7 +129,8 @@ def _r_from_sums(t: np.ndarray) -> np.ndarray:
 def null_band(null_scores: list[float], level: float = 0.95) -> dict[str, float]:
     """Band of a random-direction null from one score per random seed: mean, sd and the upper end of the
     `level` prediction interval for one more random draw (t-based, so it widens honestly with few seeds)."""
-    v = np.asarray([x for x in null_scores if np.isfinite(x)], float)
+    v = pd.to_numeric(pd.Series(list(null_scores), dtype=object), errors="coerce").to_numpy(float)
+    v = v[np.isfinite(v)]
     if len(v) < 2:
         return {"null_mean": np.nan, "null_sd": np.nan, "null_hi": np.nan, "null_lo": np.nan, "null_n": len(v)}
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) * np.sqrt(1 + 1 / len(v))

@@ -60,13 +60,16 @@ def _config(run_dir: Path) -> tuple[dict, dict]:
 
 
 def collect(root: Path) -> pd.DataFrame:
-    """One row per (complete run, dataset): identity columns, every `summary.json` key, and flattened config."""
+    """One row per (complete run, dataset): identity columns, every `summary.json` key, the positive control
+    (`control.json` as `control_<key>`, NaN for runs made before it existed) and flattened config."""
     rows = []
     for d in _run_dirs(root):
         if not (d / "DONE").exists():
             continue
         run, env = _config(d)
         fields = _run_fields(run, d.name, env)
+        if (d / "control.json").is_file():
+            fields.update({f"control_{k}": v for k, v in _read_json(d / "control.json").items()})
         summary = _read_json(d / "summary.json")
         for dataset, metrics in summary.items():
             rows.append({**fields, "dataset": dataset, **metrics})

@@ -15,6 +15,7 @@ _Z = stats.norm.ppf(0.5 + LEVEL / 2)
 WITHIN_KEYS = {
     "effect": ("ci_low", "ci_high", "t", "p"),
     "yesbias_effect": ("yesbias_ci_low", "yesbias_ci_high", "yesbias_t", "yesbias_p"),
+    "control_score": ("control_ci_low", "control_ci_high", "control_t", "control_p"),
 }
 
 

@@ -22,7 +22,7 @@ METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", 
 # target label dimension per dataset, used when summary.json does not name one ("target_dim")
 DEFAULT_TARGETS = {"dd-honesty": "Value/honesty", "truthfulqa": "truthfulqa/true"}
 TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect",
-                  "action_bias", "effect_pooled"]
+                  "action_bias", "effect_pooled", "control_score"]
 CALIBRATION_METRICS = ["coeff_pos", "coeff_neg", "kl_pos", "kl_neg"]  # the run's c at ±1 and its KL (eval.calibrate)
 
 
@@ -128,6 +128,7 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "coherent range": fmt_ci(aggs["coherent_range"]),
             "Yes-bias-controlled effect": f"{fmt_ci(yb)} (p={fmt_p(yb['p'])})",
             "action bias": fmt_ci(aggs["action_bias"]),
+            "positive control r": fmt_ci(aggs["control_score"]),
             "pooled effect (not side-balanced)": fmt_ci(aggs["effect_pooled"]),
             "c +/− (KL +/−)": _calibration_cell(g, aggs),
         })
