@@ -115,4 +115,14 @@ class TrainConfig(_Strict):
     max_length: int = Field(128, gt=8)
     cache_reference: bool = Field(True, description="cache frozen-model hidden states/log-probs once")
     device: str = "auto"
-    bf16: bool = Field(True, description="bf16 autocast when on CUDA (ignored on CPU)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (innerpissa.precision)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_bf16(cls, data: object) -> object:
+        """Configs saved before `precision` had `bf16: bool` (bf16 on CUDA only): True -> auto, False -> fp32."""
+        if isinstance(data, dict) and "bf16" in data:
+            rest = {k: v for k, v in data.items() if k != "bf16"}
+            return {"precision": "auto" if data["bf16"] else "fp32", **rest}  # an explicit precision wins
+        return data

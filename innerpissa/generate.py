@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import encode
+from .precision import autocast
 from .steerers.base import Steerer
 
 
@@ -20,13 +21,15 @@ def generate_table(
     prompts: Sequence[str],
     coeffs: Sequence[float] = (-1.0, 0.0, 1.0),
     max_new_tokens: int = 48,
+    precision: str = "auto",
 ) -> pd.DataFrame:
-    """Greedy completions of each user prompt at each coefficient: DataFrame[prompt, coeff, completion]."""
+    """Greedy completions of each user prompt at each coefficient (in `precision`, see innerpissa.precision):
+    DataFrame[prompt, coeff, completion]."""
     rows = []
     for c in coeffs:
         convs = [steerer.messages([{"role": "user", "content": p}], c) for p in prompts]
         b = encode(tok, convs).to(model.device)
-        with steerer.steer(model, c):
+        with steerer.steer(model, c), autocast(precision, model.device):
             out = model.generate(
                 input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=tok.pad_token_id,

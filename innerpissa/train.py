@@ -37,6 +37,7 @@ from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
 from .io import atomic_save_tensors, atomic_write_json
 from .models import decoder_layers, select_layers
+from .precision import autocast, resolve as resolve_precision
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,6 +53,7 @@ class TrainResult:
     best_val: float = math.inf
     sign_flipped: bool = False
     val_shift: float = 0.0  # mean projection(+1) − projection(−1) on validation pairs, after orientation
+    precision: str = "fp32"  # the resolved compute precision (innerpissa.precision)
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,6 +84,12 @@ def loss_basis(model: PreTrainedModel, cfg: LossConfig) -> tuple[int, torch.Tens
     return li, torch.cat(bases, 1)
 
 
+def in_basis(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Hidden states in the loss basis, in fp32 even under bf16 autocast (the separation compares small shifts)."""
+    with torch.autocast(h.device.type, enabled=False):
+        return h.float() @ basis
+
+
 def forward_terms(
     model: PreTrainedModel, batch: Batch, layer: nn.Module, last_n: int, basis: torch.Tensor, tc: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +97,7 @@ def forward_terms(
     with capture({"h": layer}, last_n) as store:
         out = model(**batch.model_inputs(), logits_to_keep=tc + 1)
     nll = L.token_nll(out.logits[:, :-1], batch.input_ids[:, -tc:])
-    return store["h"].float() @ basis, nll
+    return in_basis(store["h"], basis), nll
 
 
 @dataclass
@@ -109,7 +117,7 @@ def forward_logits(
     """One forward over every position: (loss-layer states in the basis [2B, N, k], logits [2B, T-1, V] for tokens 1..T-1)."""
     with capture({"h": layer}, last_n) as store:
         out = model(**batch.model_inputs())
-    return store["h"].float() @ basis, out.logits[:, :-1]
+    return in_basis(store["h"], basis), out.logits[:, :-1]
 
 
 def _tc(batch: Batch) -> int:
@@ -185,7 +193,7 @@ class Trainer:
         self.li, self.basis = loss_basis(model, loss_cfg)
         self.basis = self.basis.to(self.device)
         self.loss_layer = decoder_layers(model)[self.li]
-        self.autocast = train_cfg.bf16 and self.device.type == "cuda"
+        self.precision = resolve_precision(train_cfg.precision, self.device)  # bf16: autocast on every forward
         if loss_cfg.adapters_before_loss and isinstance(adapter, AdapterConfig):
             adapted = select_layers(len(decoder_layers(model)), adapter.layers, adapter.layer_range)
             if max(adapted) >= self.li:
@@ -237,7 +245,12 @@ class Trainer:
         return _Cache(hs, nll, b.completion_mask[:, 1:].float(), logits, coh)
 
     def _ctx(self, c: float) -> contextlib.AbstractContextManager:
-        return self.adapter.steer(c) if self.attached and c != 0 else contextlib.nullcontext()
+        """Steer at c (c = 0: the frozen model) in the run's precision, so reference and steered passes match."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast(self.precision, self.device))
+        if self.attached and c != 0:
+            stack.enter_context(self.adapter.steer(c))
+        return stack
 
     def _ref_for(self, idx: list[int], cache: dict[int, tuple] | None, pairs: ContrastPairs, tc: int) -> _Cache:
         """Reference for a micro-batch: from the cache (right-aligned to tc) or recomputed now."""
@@ -291,7 +304,7 @@ class Trainer:
         delta: dict[float, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
         for c, tag in ((1.0, "pos"), (-1.0, "neg")):
-            with self._ctx(c), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with self._ctx(c):
                 if ref.logits is None:
                     hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
                     logits = None
@@ -461,7 +474,7 @@ class Trainer:
         `stop_after` simulates a crash.
         """
         tc = self.tcfg
-        result = TrainResult()
+        result = TrainResult(precision=self.precision)
         self.prepare()
         start = 0
         if resume and self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():

@@ -1,8 +1,12 @@
 """Shared test setup: one torch thread for tiny-model tests (their ops are too small to gain from more, and
 oversubscribed threads slow them 100x on a busy 2-core machine); `slow` tests on SmolLM2 keep the default."""
 
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("INNERPISSA_PRECISION", "fp32")  # `auto` = fp32 in tests, whatever the CPU's bf16 flags
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from _eval_steerers import AddVector, Identity, SystemPrompt
 from innerpissa.batching import chat_text
 from innerpissa.eval.datasets import EvalSet, from_generic, limit_rows, load_dataset
-from innerpissa.eval.score import SCORE_COLUMNS, answer_token_ids, describe, score
+from innerpissa.eval.score import NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, score
 from innerpissa.testing import tiny_model, tiny_tokenizer
 
 
@@ -50,23 +50,26 @@ def test_variants_on_word_level_tokenizer() -> None:
     assert answer_token_ids(tok, "A") == [8]  # single letters are case-sensitive: "a" is not the answer A
 
 
-def _reference(model, tok, messages, pos: str, neg: str) -> tuple[float, float, float]:
-    """Unbatched, unpadded forward with full logits: (logratio, pmass, mean prompt NLL)."""
+def _reference(model, tok, messages, pos: str, neg: str, stride: int = 1) -> tuple[float, float, float]:
+    """Unbatched, unpadded forward with full logits: (logratio, pmass, mean prompt NLL over every
+    `stride`-th target token counted back from the last one)."""
     ids = torch.tensor([tok(chat_text(tok, messages)[0], add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
     logp = logits[-1].log_softmax(-1)
     lp = [logp[answer_token_ids(tok, w)].logsumexp(-1).item() for w in (pos, neg)]
-    nll = F.cross_entropy(logits[:-1], ids[0, 1:]).item()
+    nll = F.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").flip(0)[::stride].mean().item()
     return lp[0] - lp[1], float(np.exp(lp[0]) + np.exp(lp[1])), nll
 
 
-def test_batched_scores_match_unbatched_reference(tiny, evalset) -> None:
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_batched_scores_match_unbatched_reference(tiny, evalset, stride) -> None:
     model, tok = tiny
-    table = score(model, tok, Identity(), evalset, [0.0], batch_size=4, pmass_min=0.0, progress=False)
+    table = score(model, tok, Identity(), evalset, [0.0], batch_size=4, pmass_min=0.0, progress=False,
+                  nll_stride=stride)
     assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS and "label:Value/honesty" in table
     for row, out in zip(evalset.rows.itertuples(), table.itertuples()):
-        lr, pm, nll = _reference(model, tok, row.messages, row.choice_pos, row.choice_neg)
+        lr, pm, nll = _reference(model, tok, row.messages, row.choice_pos, row.choice_neg, stride)
         assert out.row_id == row.row_id
         assert out.logratio == pytest.approx(lr, abs=1e-4) and out.pmass == pytest.approx(pm, rel=1e-4)
         assert out.nll == pytest.approx(nll, abs=1e-4)
@@ -93,7 +96,8 @@ def test_messages_hook_is_used(tiny, evalset) -> None:
     sp = score(model, tok, SystemPrompt(), evalset, [0.0, 1.0], pmass_min=0.0, progress=False)
     np.testing.assert_array_equal(sp.loc[sp["coeff"] == 0.0, "nll"].to_numpy(), base["nll"].to_numpy())
     row = evalset.rows.iloc[0]
-    lr, _, nll = _reference(model, tok, SystemPrompt().messages(row["messages"], 1.0), row["choice_pos"], row["choice_neg"])
+    lr, _, nll = _reference(model, tok, SystemPrompt().messages(row["messages"], 1.0), row["choice_pos"], row["choice_neg"],
+                            NLL_STRIDE)
     got = sp[(sp["coeff"] == 1.0) & (sp["row_id"] == row["row_id"])].iloc[0]
     assert got["nll"] == pytest.approx(nll, abs=1e-4) and got["logratio"] == pytest.approx(lr, abs=1e-4)
 

@@ -6,8 +6,9 @@ singular values become S'(c) (S'(0) = S). The steered map is
 
     y = ((x V_r R_v(c)) ⊙ S'(c)) (U_r R_u(c))ᵀ + x W_resᵀ + b,    W_res = W − U_r diag(S_r) V_rᵀ.
 
-We compute it as y = base(x) + [((x V_r R_v) ⊙ S') R_uᵀ − (x V_r) ⊙ S_r] U_rᵀ: algebraically the same,
-but W_res is never stored (no extra [out, in] buffer) and c = 0 skips the delta, so it is bit-exact.
+We compute it as y = base(x) + (x V_r) Mᵀ U_rᵀ with the r×r M = R_u diag(S') R_vᵀ − diag(S_r): algebraically
+the same, but W_res is never stored (no extra [out, in] buffer), the delta is never a difference of two large
+bf16 terms, and c = 0 skips the delta, so it is bit-exact.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class InnerPiSSALinear(nn.Module):
         self.P_v = small(r, r) if cfg.rotate_v else None
         self.P_u = small(r, r) if cfg.rotate_u else None
         self.lam = small(r) if cfg.scale != "none" else None  # log-scale (mult) or shift (add, tanh)
+        self._core_cache: tuple | None = None  # (key, core) for gradient-free forwards, see `core`
 
     def rotations(self, c: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(R_v(c), R_u(c)); None where that side is not rotated."""
@@ -105,17 +107,28 @@ class InnerPiSSALinear(nn.Module):
         """ΔW(c) = U R_u diag(S') R_vᵀ Vᵀ − U diag(S) Vᵀ, [out, in] (for merging)."""
         return self.U @ self.core_delta(c) @ self.V.T
 
+    def core(self, c: float) -> torch.Tensor:
+        """core_delta(c) in fp32 (autocast off: the Cayley solve and S' stay exact under bf16).
+
+        Without gradients it is cached per (c, parameter versions), so steered generation and evaluation
+        solve each r×r system once per coefficient, not once per forward (every in-place update of a
+        parameter, e.g. an optimizer step, flip or load, bumps its version and invalidates the cache)."""
+        params = [p for p in (self.P_v, self.P_u, self.lam) if p is not None]
+        with torch.autocast(self.S.device.type, enabled=False):
+            if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+                return self.core_delta(c)
+            key = (c, tuple((p.data_ptr(), p._version) for p in params))
+            if self._core_cache is None or self._core_cache[0] != key:
+                self._core_cache = (key, self.core_delta(c).detach())
+            return self._core_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         c = float(self.coeff)
         if c == 0.0:
             return y
         z = x.to(self.V.dtype) @ self.V  # [..., r] coordinates in the input singular basis
-        Rv, Ru = self.rotations(c)
-        zs = (z @ Rv if Rv is not None else z) * self.singular_values(c)
-        if Ru is not None:
-            zs = zs @ Ru.T
-        return y + ((zs - z * self.S) @ self.U.T).to(y.dtype)
+        return y + ((z @ self.core(c).T) @ self.U.T).to(y.dtype)  # the delta alone: no cancellation in bf16
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -3,9 +3,13 @@
 Per question, one batched forward with logits only at the last position (`logits_to_keep=1`):
   logratio = logsumexp(log p over every single-token variant of choice_pos) - (same for choice_neg),
              NaN when pmass = P(pos variants) + P(neg variants) < `pmass_min` (the model is not answering);
-  nll      = mean next-token NLL of the whole prompt under the steered model (degradation). It reuses the
-             same forward's final hidden states and applies the LM head only at real (non-pad) tokens,
-             in chunks, so no [B, T, V] logits tensor is ever built.
+  nll      = mean next-token NLL of the prompt under the steered model (degradation), over every
+             `nll_stride`-th real target token counted from the end (default 2: the same rows and positions
+             at every c, half the LM-head cost, so evaluation beats a bare full-logits forward; 1 = every
+             token). It reuses the same forward's final hidden states and applies the LM head only at those
+             tokens, in chunks, so no [B, T, V] logits tensor is ever built.
+Precision (`innerpissa.precision`): under bf16 the forward runs in autocast, but the answer logits are
+recomputed from the final hidden state by an fp32 LM head (a bf16 logit near 20 is only good to ±0.06).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, Messages, chat_text, encode
+from ..precision import autocast
 from ..steerers.base import Steerer
 from .datasets import LABEL, EvalSet
 
 SCORE_COLUMNS = ["method", "seed", "coeff", "dataset", "row_id", "dilemma_id", "side", "logratio", "pmass", "nll", "truncated"]
 NLL_CHUNK = 1024  # token positions per LM-head chunk when computing the prompt NLL
+NLL_STRIDE = 2  # prompt NLL at every 2nd real target token (see the module docstring)
 
 
 def answer_token_ids(tok: PreTrainedTokenizerBase, word: str, vocab: Sequence[str] | None = None) -> list[int]:
@@ -73,17 +79,23 @@ def _logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def forward_scores(
-    model: PreTrainedModel, batch: Batch, pos_ids: list[torch.Tensor], neg_ids: list[torch.Tensor]
+    model: PreTrainedModel, batch: Batch, pos_ids: list[torch.Tensor], neg_ids: list[torch.Tensor],
+    nll_stride: int = NLL_STRIDE,
 ) -> dict[str, torch.Tensor]:
     """log p(pos), log p(neg) at the last position and the mean prompt NLL per row, from one forward."""
     b = batch.to(model.device)
     out = model(**b.model_inputs(), logits_to_keep=1, output_hidden_states=True)
-    logp = out.logits[:, -1].float().log_softmax(-1)
+    last = out.hidden_states[-1][:, -1]
+    with torch.autocast(last.device.type, enabled=False):  # fp32 answer logits whatever the precision
+        head = model.get_output_embeddings()
+        logp = _logits(model, last.to(head.weight.dtype)).log_softmax(-1)
     lp_pos = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(pos_ids)])
     lp_neg = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(neg_ids)])
     # next-token NLL at real tokens only: position t predicts t+1, both inside the attention mask
     hidden = out.hidden_states[-1][:, :-1]
     valid = (b.attention_mask[:, :-1] * b.attention_mask[:, 1:]).bool()
+    from_end = torch.arange(valid.shape[1] - 1, -1, -1, device=valid.device)  # left padding: rows end together
+    valid &= (from_end % nll_stride == 0)
     rows = valid.nonzero()[:, 0]
     h, targets = hidden[valid], b.input_ids[:, 1:][valid]
     nll_sum = torch.zeros(len(b), device=h.device)
@@ -105,12 +117,17 @@ def score(
     pmass_min: float = 0.1,
     seed: int = -1,
     progress: bool = True,
+    precision: str = "auto",
+    nll_stride: int = NLL_STRIDE,
 ) -> pd.DataFrame:
     """The ScoreTable: one row per (coeff, question) with logratio, pmass, nll and every label column.
 
-    Prompts are formatted by `steerer.messages(msgs, c)` and run inside `steerer.steer(model, c)`;
-    prompts longer than `max_length` tokens are left-truncated (flagged in `truncated`).
+    Prompts are formatted by `steerer.messages(msgs, c)` and run inside `steerer.steer(model, c)` in
+    `precision` (auto | fp32 | bf16, see `innerpissa.precision`); prompts longer than `max_length` tokens
+    are left-truncated (flagged in `truncated`).
     """
+    if nll_stride < 1:
+        raise ValueError(f"nll_stride must be >= 1 (1 = NLL at every token), got {nll_stride}")
     if not coeffs:
         raise ValueError("no coefficients to score: pass at least one, e.g. -1 0 1")
     if not 0.0 <= pmass_min <= 1.0:
@@ -129,10 +146,10 @@ def score(
         res = {k: np.full(len(rows), np.nan) for k in ("lp_pos", "lp_neg", "nll")}
         batches, lengths = make_batches(tok, convs, batch_size, max_length)
         truncated = lengths > max_length if max_length is not None else np.zeros(len(rows), dtype=bool)
-        with steerer.steer(model, float(c)):
+        with steerer.steer(model, float(c)), autocast(precision, model.device):
             for idx, batch in batches:
                 got = forward_scores(model, batch, [ids[w] for w in rows["choice_pos"].iloc[idx]],
-                                     [ids[w] for w in rows["choice_neg"].iloc[idx]])
+                                     [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride)
                 for k, v in got.items():
                     res[k][idx] = v.double().numpy()
                 bar.update(len(idx))

@@ -32,9 +32,10 @@ from ..eval.calibrate import Calibration, CalibratedSteerer
 from ..eval.datasets import EvalSet, limit_rows, load_dataset
 from ..eval.metrics import dose_response, effects_by_dim, summarize
 from ..eval.overlap import train_overlap
-from ..eval.score import describe, score
+from ..eval.score import NLL_STRIDE, describe, score
 from ..io import atomic_write, atomic_write_json
 from ..models import model_id, tensors_sha256
+from ..precision import resolve as resolve_precision
 from ..steerers import Steerer
 
 PACKAGES = ("torch", "transformers", "numpy", "pandas", "scipy", "statsmodels", "peft")
@@ -117,6 +118,7 @@ def evaluate_run(
     pmass_min: float = 0.1,
     progress: bool = True,
     calibration: Calibration | None = None,
+    precision: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Score `steerer` on each dataset at `coeffs`, write the run directory, and return summary.json's content.
 
@@ -138,7 +140,7 @@ def evaluate_run(
     out_dir = Path(out_dir)
     tables, effects, curves, summary = [], [], {}, {}
     for es in sets:
-        table = score(model, tok, steerer, es, coeffs, batch_size, max_length, pmass_min, seed, progress)
+        table = score(model, tok, steerer, es, coeffs, batch_size, max_length, pmass_min, seed, progress, precision)
         if isinstance(steerer, CalibratedSteerer):
             table["raw_coeff"] = table["coeff"].map(steerer.raw)
         eff = effects_by_dim(table, n_boot, seed)
@@ -164,7 +166,8 @@ def evaluate_run(
         "model": model_id(model), "model_state_sha256": model_state_sha256(model),
         "steerer": {"method": steerer.name, "params": steerer.params()},
         "coeffs": coeffs, "seed": seed, "batch_size": batch_size, "max_length": max_length, "limit": limit,
-        "pmass_min": pmass_min, "n_boot": n_boot,
+        "pmass_min": pmass_min, "n_boot": n_boot, "nll_stride": NLL_STRIDE,
+        "precision": {"requested": precision, "resolved": resolve_precision(precision, model.device)},
         "calibration": calibration.to_json() if calibration is not None else None,
         "overlap": {"checked": train_pairs is not None, "ngram": OVERLAP_NGRAM,
                     "n_train_pairs": len(train_pairs) if train_pairs is not None else None},

@@ -81,7 +81,8 @@ class InnerPiSSASteerer:
         extra = {}
         if self.result is not None:
             extra = {"train": {"best_step": self.result.best_step, "best_val": self.result.best_val,
-                               "sign_flipped": self.result.sign_flipped, "val_shift": self.result.val_shift}}
+                               "sign_flipped": self.result.sign_flipped, "val_shift": self.result.val_shift,
+                               "precision": self.result.precision}}
             if self.result.history:
                 buf = io.StringIO()
                 keys = sorted({k for row in self.result.history for k in row})
