@@ -52,6 +52,7 @@ def train(
     steps: int | None = typer.Option(None, help="optimizer steps (overrides config)"),
     seed: int | None = typer.Option(None, help="random seed (overrides config)"),
     resume: bool = typer.Option(False, help="continue from the checkpoint in OUT/checkpoint"),
+    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 (overrides config; default auto)"),
 ) -> None:
     """Train an InnerPiSSA adapter on a concept's contrastive pairs and save it to OUT."""
     import yaml
@@ -76,6 +77,8 @@ def train(
         tr["steps"] = steps
     if seed is not None:
         tr["seed"] = seed
+    if precision is not None:
+        tr["precision"] = precision
     sections = {"adapter": overrides.get("adapter") or {}, "loss": overrides.get("loss") or {}, "train": tr}
     for name, cls in (("adapter", AdapterConfig), ("loss", LossConfig), ("train", TrainConfig)):
         parse_section(cls, sections[name], name)  # one-line error naming the bad key/value (exit 2)
@@ -122,16 +125,19 @@ def generate(
     coeffs: list[float] = typer.Option(None, help="steering coefficients (default -1 0 1)"),
     model: str | None = typer.Option(None, help="base model spec (default: the one the adapter was trained on)"),
     max_new_tokens: int = typer.Option(48, min=1),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 (auto: bf16 where the hardware has it)"),
 ) -> None:
     """Greedy completions side by side at each coefficient."""
     from rich.console import Console
     from rich.table import Table
 
     from .generate import generate_table
+    from .precision import check as check_precision
 
+    check_precision(precision)
     m, tok, steerer = _load_adapter_model(adapter, model)
     cs = _coeffs(coeffs)
-    df = generate_table(m, tok, steerer, prompt, cs, max_new_tokens)
+    df = generate_table(m, tok, steerer, prompt, cs, max_new_tokens, precision)
     for p in prompt:
         t = Table(title=p, show_lines=True)
         for c in cs:

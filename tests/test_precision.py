@@ -148,3 +148,10 @@ def test_bf16_scores_close_to_fp32(model) -> None:
     assert (t32["nll"] - t16["nll"]).abs().max() < BF16_LOGP_TOL
     assert not t32["logratio"].equals(t16["logratio"])  # bf16 really ran
 
+
+@pytest.mark.parametrize("cmd", [["train", "--steps", "1"], ["eval", "--adapter", "nowhere"],
+                                 ["generate", "--adapter", "nowhere", "--prompt", "hi"], ["compare", "--quick"]])
+def test_cli_rejects_unknown_precision(run_cli, tmp_path, cmd) -> None:
+    code, out, err = run_cli(*cmd, "--precision", "fp16", *(["--out", str(tmp_path / "o")] if cmd[0] in ("train", "compare") else []))
+    assert code == 2 and err.startswith("error:") and "precision" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

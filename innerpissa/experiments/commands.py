@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..cli import app
 from ..models import DEFAULT_MODEL
+from ..precision import HELP as PRECISION_HELP, check as check_precision
 from .compare import QUICK
 
 
@@ -107,6 +108,7 @@ def compare(
                                            "method at the per-sign c where KL(base || steered) on neutral prompts "
                                            "equals the budget, instead of at raw c; --coeffs are then budget units")] = None,
     kl_stat: Annotated[str, typer.Option(help="per-token KL statistic of the budget: mean | p95")] = "mean",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     ray: Annotated[bool, typer.Option("--ray", help="run on Ray (local, or $RAY_ADDRESS / --address)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
 ) -> None:
@@ -118,7 +120,7 @@ def compare(
     opt = {k: v if v is not None else defaults.get(k) for k, v in given.items()}  # explicit options always win
     cfgs = compare_configs(_split(methods, "methods"), opt["seeds"], model, concept, _split(opt["datasets"], "datasets"),
                            coeffs or [-1.0, 0.0, 1.0], opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
-                           opt["n_pairs"], parse_budgets(kl) if kl is not None else None, kl_stat)
+                           opt["n_pairs"], parse_budgets(kl) if kl is not None else None, kl_stat, check_precision(precision))
     res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
     console = _console()
     for ds, t in res.table1.items():

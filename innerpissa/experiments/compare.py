@@ -31,10 +31,11 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
                     coeffs: list[float], eval_limit: int | None = None, eval_part: str = "report",
                     steps: int | None = None, samples: int = 0, pmass_min: float = 0.1,
                     n_pairs: int | None = None, kl: Sequence[float] | None = None,
-                    kl_stat: str = "mean") -> list[RunConfig]:
+                    kl_stat: str = "mean", precision: str = "auto") -> list[RunConfig]:
     """One RunConfig per (method, seed[, KL budget]); `steps` overrides train.steps of the trained methods, `n_pairs`
     caps the training pairs of every method (one shared subset). With `kl` budgets, each run is scored in budget
-    units (c = ±1: the per-sign coefficient at which KL(base || steered) = the budget; see `eval.calibrate`)."""
+    units (c = ±1: the per-sign coefficient at which KL(base || steered) = the budget; see `eval.calibrate`).
+    `precision` other than auto sets the evaluation precision and train.precision of the trained methods."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     known = steerers.available()
@@ -48,10 +49,12 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
             params = set_path(params, "train.steps", steps)
         elif steps is not None and method in OUTPUT_LEVEL:
             params = {**params, "steps": steps}
+        if precision != "auto" and method in TRAINED:
+            params = set_path(params, "train.precision", precision)
         base = make_config({"model": model, "concept": concept, "method": method, "params": params,
                             "datasets": datasets, "coeffs": coeffs, "eval_limit": eval_limit,
                             "eval_part": eval_part, "samples": samples, "pmass_min": pmass_min,
-                            "n_pairs": n_pairs})
+                            "n_pairs": n_pairs, "precision": precision})
         discrete = getattr(steerers.get_steerer(method, **base.steerer_params()), "discrete_coeffs", None)
         if discrete is not None:
             base = make_config({**base.model_dump(), "coeffs": [c for c in base.coeffs if c in discrete]})

@@ -15,6 +15,7 @@ from rich.table import Table
 from ..cli import app
 from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
+from ..precision import HELP as PRECISION_HELP, check as check_precision
 
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}  # lets `--coeffs -2 -1 0 1 2` work
 
@@ -92,6 +93,7 @@ def eval_command(
     max_length: int = typer.Option(512, min=8, help="prompts are left-truncated to this many tokens"),
     seed: int = typer.Option(0, help="seed for sampling, limits and the bootstrap"),
     n_boot: int = typer.Option(1000, min=10, help="bootstrap resamples of dilemmas"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ) -> None:
     """Score a saved steerer on binary-choice datasets at several coefficients; print and save the results."""
     from ..eval.datasets import load_dataset
@@ -100,6 +102,7 @@ def eval_command(
     from .evaluate import evaluate_run
 
     cs = parse_coeffs(coeffs, ctx.args)
+    check_precision(precision)
     names = [n.strip() for d in dataset for n in d.split(",") if n.strip()]
     sets = [load_dataset(n, seed=seed) for n in names]  # fail fast on bad names/files, before loading a model
     meta = adapter / "steerer.json"
@@ -114,7 +117,7 @@ def eval_command(
     steerer = load_steerer(m, adapter)
     out = out or Path("runs") / "eval" / adapter.resolve().name
     summary = evaluate_run(m, tok, steerer, sets, cs, out, seed=seed, train_pairs=train, batch_size=batch_size,
-                           max_length=max_length, limit=limit, n_boot=n_boot)
+                           max_length=max_length, limit=limit, n_boot=n_boot, precision=precision)
     effects = pd.read_parquet(out / "effects.parquet")
     console = Console()
     for name, s in summary.items():

@@ -97,6 +97,8 @@ class RunConfig(BaseModel):
     kl: float | None = Field(None, gt=0, description="KL budget: coeffs become budget units, ±1 = the calibrated "
                              "per-sign c at which KL(base || steered) on neutral prompts equals this (None: raw c)")
     kl_stat: Literal["mean", "p95"] = Field("mean", description="per-token KL statistic the budget applies to")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="evaluation precision (innerpissa.precision); the resolved one is in config.json")
 
     @field_validator("coeffs")
     @classmethod
@@ -117,6 +119,8 @@ class RunConfig(BaseModel):
         d = self.model_dump(mode="json")
         if d["kl"] is None:
             d = {k: v for k, v in d.items() if k not in ("kl", "kl_stat")}
+        if d["precision"] == "auto":  # like the device, `auto` is not hashed: runs made before it still match
+            del d["precision"]
         return _hash(d, n)
 
     def steerer_params(self) -> dict[str, Any]:
@@ -288,7 +292,8 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
             steerer = CalibratedSteerer(steerer, calibration)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed, calibration=calibration,
-                     train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min)
+                     train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min,
+                     precision=cfg.precision)
         if cfg.samples:
             write_samples(cfg, model, tok, steerer, sets, out)
         eval_cfg = json.loads((out / "config.json").read_text())
