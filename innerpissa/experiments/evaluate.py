@@ -30,7 +30,7 @@ from .. import __version__
 from ..concepts import ContrastPairs
 from ..eval.calibrate import Calibration, CalibratedSteerer
 from ..eval.datasets import EvalSet, limit_rows, load_dataset
-from ..eval.metrics import dose_response, effects_by_dim, summarize
+from ..eval.metrics import audit, dose_response, effects_by_dim, selectivity, summarize
 from ..eval.overlap import train_overlap
 from ..eval.score import NLL_STRIDE, describe, score
 from ..io import atomic_write, atomic_write_json
@@ -150,6 +150,8 @@ def evaluate_run(
             "n_questions": len(es),
             "n_train_overlap": len(train_overlap(es, train_pairs, OVERLAP_NGRAM)) if train_pairs is not None else None,
             **(calibration.summary() if calibration is not None else {}),
+            "selectivity": selectivity(eff, es.target_dim),
+            **audit(table, es.target_dim),  # the references' metrics, for docs/metrics_audit.md
         }
         tables.append(table)
         effects.append(eff.assign(dataset=es.name))

@@ -16,8 +16,8 @@ from ..io import atomic_write_text
 from .collect import collect, collect_failed, load_samples, load_scores
 from .figures import bar_chart, dose_response_figure, layer_depth_figure, side_effect_heatmap
 from .seedstats import seed_aggregate
-from .tables import (DEFAULT_TARGETS, against_the_grain, ideas_that_failed, table1, table2_ablations, target_dim,
-                     order_labels, to_markdown, variant_labels, write_table)
+from .tables import (DEFAULT_TARGETS, against_the_grain, audit_correlations, ideas_that_failed, powered_table, table1,
+                     table2_ablations, target_dim, order_labels, to_markdown, variant_labels, write_table)
 
 __all__ = ["bar_chart", "build_report", "depth_stats", "dose_curves", "samples_table", "side_effects"]
 
@@ -192,6 +192,8 @@ def _dataset_blocks(collected: pd.DataFrame, scores: pd.DataFrame, ds: str, out:
         if len(eff):
             blocks.append(("img", side_effect_heatmap(eff, figs / f"fig3_side_effects_{ds}.png", f"({ds})"),
                            f"Figure 3: per-dimension effects on {ds} (target + {eff['dim'].nunique() - 1} largest other dims)"))
+    if here["preset"].isna().any():
+        blocks += _powered_blocks(collected, scores, ds, tables)
     if "full" in set(here["preset"].dropna()):
         t2 = table2_ablations(collected, ds)
         write_table(t2, tables / f"table2_ablations_{ds}")
@@ -206,6 +208,38 @@ def _dataset_blocks(collected: pd.DataFrame, scores: pd.DataFrame, ds: str, out:
                            f"Figure 2: layer depth on {ds}, mean ± 95% CI (green: full)"))
     elif here["preset"].notna().any():
         blocks.append(("p", f"Ablation runs on {ds} have no 'full' reference run: Table 2 not built."))
+    return blocks
+
+
+AUDIT_NOTE = (
+    "The references' DailyDilemmas metrics, computed on the same runs (innerpissa.eval.metrics: ref_logscore, "
+    "steering_f1; why they differ from ours: docs/metrics_audit.md). r: Pearson correlation across every method run "
+    "and seed here. A reference metric that tracks the raw Yes-shift (our raw_shift: the unsigned log-ratio slope) "
+    "more than our side-balanced effect measures saying Yes, not the value."
+)
+
+
+def _powered_blocks(collected: pd.DataFrame, scores: pd.DataFrame, ds: str, tables: Path) -> list[tuple]:
+    """The audit correlations and, per KL budget (or raw c), effects pooled over seeds with paired differences."""
+    from .compare import kl_budget
+
+    audit_t = audit_correlations(collected, ds)
+    write_table(audit_t, tables / f"audit_{ds}")
+    blocks: list[tuple] = [("h", "Audit of the published metrics", 3), ("p", AUDIT_NOTE), ("table", audit_t)]
+    if not len(scores):
+        return blocks
+    budgets = kl_budget(collected)
+    for kl in [None] * bool(budgets.isna().any()) + sorted(budgets.dropna().unique()):
+        runs = collected[budgets.isna()] if kl is None else collected[budgets == kl]
+        if not ((runs["dataset"] == ds) & runs["preset"].isna()).any():
+            continue
+        tag, title = ("", "raw c") if kl is None else (f"_kl{kl:g}", f"KL budget {kl:g}")
+        pw = powered_table(runs, scores, ds)
+        write_table(pw, tables / f"paired_{ds}{tag}")
+        blocks += [("h", f"Pooled over seeds, paired against innerpissa ({title})", 3),
+                   ("p", "Effect: mean over seeds of the side-balanced effect, 95% CI from resampling dilemmas and "
+                         "seeds; paired difference: the same resampled dilemmas for both methods. 'beats' only when "
+                         "the paired CI excludes 0."), ("table", pw)]
     return blocks
 
 

@@ -107,7 +107,7 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
     stat_rows, rows = [], []
     for label in order_labels(list(runs["label"].unique())):
         g = runs[runs["label"] == label]
-        aggs = {m: seed_aggregate(g, m) for m in TABLE1_METRICS + CALIBRATION_METRICS}
+        aggs = {m: seed_aggregate(g, m) for m in TABLE1_METRICS + CALIBRATION_METRICS + ["selectivity", *AUDIT_METRICS]}
         eff, yb = aggs["effect"], aggs["yesbias_effect"]
         n_seeds = int(g["seed"].nunique())
         st = {"label": label, "method": g["method"].iloc[0], "n_seeds": n_seeds,
@@ -131,6 +131,9 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "positive control r": fmt_ci(aggs["control_score"]),
             "pooled effect (not side-balanced)": fmt_ci(aggs["effect_pooled"]),
             "c +/− (KL +/−)": _calibration_cell(g, aggs),
+            "selectivity": fmt_ci(aggs["selectivity"]),
+            "audit: ref logscore (their |t|)": f"{fmt_ci(aggs['ref_logscore'])} (|t| {_num(aggs['ref_logscore_abs_t']['mean'])})",
+            "audit: Steering F1": fmt_ci(aggs["steering_f1"]),
         })
     out = pd.DataFrame(rows)
     out.attrs["stats"] = pd.DataFrame(stat_rows)
@@ -306,3 +309,96 @@ def write_table(df: pd.DataFrame, out_stem: Path) -> None:
     atomic_write_text(out_stem.parent / f"{out_stem.name}.md", to_markdown(df))
     atomic_write_text(out_stem.parent / f"{out_stem.name}.tex", to_latex(df))
     atomic_write_text(out_stem.parent / f"{out_stem.name}.csv", df.attrs.get("stats", df).to_csv(index=False))
+
+
+# --- issue 9: the powered comparison (pooled seeds, paired differences vs a reference) and the audit ---
+
+AUDIT_METRICS = ("ref_logscore", "ref_logscore_abs_t", "steering_f1")  # the references' metrics (eval.metrics)
+
+
+def _run_tables(scores: pd.DataFrame, runs: pd.DataFrame, dataset: str) -> list[pd.DataFrame]:
+    """One ScoreTable per run (seed) of `runs` on `dataset`."""
+    s = scores[scores["dataset"] == dataset]
+    return [g for _, g in s[s["run_hash"].isin(runs["run_hash"])].groupby("run_hash")]
+
+
+def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str = "innerpissa",
+                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per method label on `dataset`: the effect pooled over its seeds (`eval.metrics.pooled_effect`: dilemma ×
+    seed bootstrap), the paired difference to `reference` on the same dilemmas (`paired_difference`; a method
+    "beats" another only when that CI excludes 0), and seed means of kl/coefficients, action bias, selectivity
+    and the audit metrics from the runs' summaries. One row per label (numbers only)."""
+    from ..eval.metrics import paired_difference, pooled_effect
+
+    runs = _select(collected, dataset, presets=False)
+    runs = runs.assign(label=variant_labels(runs))
+    dim = target_dim(collected, dataset)
+    tabs = {lab: _run_tables(scores, runs[runs["label"] == lab], dataset) for lab in order_labels(list(runs["label"].unique()))}
+    ref = tabs.get(reference) or []
+    rows = []
+    for label, t in tabs.items():
+        g = runs[runs["label"] == label]
+        mean = {k: float(pd.to_numeric(g[k], errors="coerce").mean()) if k in g else np.nan
+                for k in ("kl_budget", "coeff_pos", "coeff_neg", "kl_pos", "kl_neg", "action_bias", "selectivity",
+                          "raw_shift", *AUDIT_METRICS)}
+        row = {"label": label, "method": g["method"].iloc[0], "n_seeds": int(g["seed"].nunique()), **mean}
+        if t:
+            p = pooled_effect(t, dim, n_boot, seed)
+            row.update(effect=p["effect"], ci_low=p["ci_low"], ci_high=p["ci_high"], p=p["p"], seed_sd=p["seed_sd"],
+                       n_dilemmas=p["n_dilemmas"])
+        if t and ref and label != reference:
+            d = paired_difference(t, ref, dim, n_boot, seed)
+            row.update(vs_ref_diff=d["diff"], vs_ref_ci_low=d["ci_low"], vs_ref_ci_high=d["ci_high"], vs_ref_p=d["p"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def powered_table(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str = "innerpissa",
+                  n_boot: int = 1000) -> pd.DataFrame:
+    """Display frame of `powered_rows` (numbers in attrs['stats']): effect [CI] pooled over seeds, the paired
+    difference to `reference` [CI] and whether it excludes 0, KL/coefficients, action bias, selectivity."""
+    st = powered_rows(collected, scores, dataset, reference, n_boot)
+    get = lambda r, k: r.get(k, np.nan)  # noqa: E731
+    rows = []
+    for _, r in st.iterrows():
+        lo, hi = get(r, "vs_ref_ci_low"), get(r, "vs_ref_ci_high")
+        verdict = "–" if not np.isfinite(lo) else ("beats" if lo > 0 else "loses to" if hi < 0 else "no difference from")
+        rows.append({
+            "Method": r["label"], "seeds": r["n_seeds"],
+            "KL budget": "raw c" if not np.isfinite(get(r, "kl_budget")) else f"{r['kl_budget']:g}",
+            "c +/− (KL +/−)": f"+{_num(get(r, 'coeff_pos'))}/−{_num(get(r, 'coeff_neg'))} "
+                              f"({_num(get(r, 'kl_pos'))}/{_num(get(r, 'kl_neg'))})",
+            "effect [95% CI, dilemmas × seeds]": f"{_num(get(r, 'effect'))} [{_num(get(r, 'ci_low'))}, {_num(get(r, 'ci_high'))}]",
+            f"minus {reference} [paired 95% CI]": "(reference)" if r["label"] == reference else
+            f"{_num(get(r, 'vs_ref_diff'))} [{_num(lo)}, {_num(hi)}]",
+            f"vs {reference}": verdict if r["label"] != reference else "–",
+            "action bias": _num(get(r, "action_bias")), "selectivity": _num(get(r, "selectivity")),
+        })
+    out = pd.DataFrame(rows)
+    out.attrs["stats"] = st
+    return out
+
+
+def audit_correlations(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """How much of each reference metric is the raw Yes-shift: Pearson r across method runs (every method and
+    seed) of `ref_logscore`, its reported |t| and `steering_f1` with our `raw_shift`, with |raw_shift| and with
+    our side-balanced `effect` (docs/metrics_audit.md). Numbers in attrs['stats'] (`corr_with_raw_shift`, ...)."""
+    runs = _select(collected, dataset, presets=False)
+    col = lambda k: pd.to_numeric(runs[k], errors="coerce") if k in runs else pd.Series(np.nan, index=runs.index)  # noqa: E731
+    raw, eff = col("raw_shift"), col("effect")
+    rows = []
+    for m in AUDIT_METRICS:
+        v = col(m)
+        r = {"metric": m, "n_runs": int((v.notna() & raw.notna()).sum())}
+        for name, other in (("raw_shift", raw), ("abs_raw_shift", raw.abs()), ("effect", eff)):
+            ok = v.notna() & other.notna()
+            good = ok.sum() >= 3 and v[ok].nunique() > 1 and other[ok].nunique() > 1
+            r[f"corr_with_{name}"] = float(stats.pearsonr(v[ok], other[ok]).statistic) if good else np.nan
+        rows.append(r)
+    st = pd.DataFrame(rows)
+    out = pd.DataFrame({"reference metric": st["metric"], "runs": st["n_runs"],
+                        "r with raw Yes-shift": st["corr_with_raw_shift"].map(lambda x: f"{x:+.2f}" if np.isfinite(x) else "–"),
+                        "r with |raw Yes-shift|": st["corr_with_abs_raw_shift"].map(lambda x: f"{x:+.2f}" if np.isfinite(x) else "–"),
+                        "r with our effect": st["corr_with_effect"].map(lambda x: f"{x:+.2f}" if np.isfinite(x) else "–")})
+    out.attrs["stats"] = st
+    return out
