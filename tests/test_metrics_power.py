@@ -139,7 +139,7 @@ def _runs(spec, dataset="dd-honesty"):
 
 
 def test_powered_rows_pool_seeds_and_pair_against_the_reference():
-    from innerpissa.experiments.tables import powered_rows, powered_table
+    from innerpissa.experiments.tables import powered_rows, powered_table, quality_rows
 
     rng = np.random.default_rng(3)
     base = rng.normal(0.1, 1.0, 30)
@@ -153,6 +153,9 @@ def test_powered_rows_pool_seeds_and_pair_against_the_reference():
         [g for _, g in scores[scores["run_hash"].str.startswith("random")].groupby("run_hash")], "Value/honesty")["effect"])
     shown = powered_table(collected, scores, "dd-honesty", n_boot=300).set_index("Method")
     assert shown.loc["random", "vs innerpissa"] == "loses to"
+    rows = {r["method"]: r for r in quality_rows(st.reset_index())}
+    assert rows["innerpissa"]["paired_vs_innerpissa"] is None and rows["random"]["kl"] == pytest.approx(0.1)
+    assert rows["random"]["paired_vs_innerpissa"]["diff"] == pytest.approx(st.loc["random", "vs_ref_diff"])
 
 
 def test_audit_correlations_across_runs():

@@ -402,3 +402,23 @@ def audit_correlations(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
                         "r with our effect": st["corr_with_effect"].map(lambda x: f"{x:+.2f}" if np.isfinite(x) else "–")})
     out.attrs["stats"] = st
     return out
+
+
+def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dict]:
+    """`powered_rows` as the bench's JSON rows: {method, kl, kl_pos, kl_neg, coeff_pos, coeff_neg, n_seeds, effect,
+    ci_low, ci_high, action_bias, selectivity, paired_vs_<reference>: {diff, ci_low, ci_high} or None,
+    audit: {ref_logscore, ref_logscore_abs_t, steering_f1}}; NaN becomes None."""
+    def num(r: pd.Series, k: str) -> float | None:
+        v = r.get(k, np.nan)
+        return float(v) if pd.notna(v) and np.isfinite(v) else None
+
+    rows = []
+    for _, r in stats.iterrows():
+        diff = num(r, "vs_ref_diff")
+        rows.append({"method": r["label"], "kl": num(r, "kl_budget"), "kl_pos": num(r, "kl_pos"), "kl_neg": num(r, "kl_neg"),
+                     "coeff_pos": num(r, "coeff_pos"), "coeff_neg": num(r, "coeff_neg"), "n_seeds": int(r["n_seeds"]),
+                     **{k: num(r, k) for k in ("effect", "ci_low", "ci_high", "action_bias", "selectivity")},
+                     f"paired_vs_{reference}": None if diff is None else
+                     {"diff": diff, "ci_low": num(r, "vs_ref_ci_low"), "ci_high": num(r, "vs_ref_ci_high")},
+                     "audit": {k: num(r, k) for k in AUDIT_METRICS}})
+    return rows
