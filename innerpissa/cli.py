@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+import typer.main
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -15,30 +21,111 @@ class UserError(Exception):
 
 
 def main() -> None:
-    """Entry point: run the app, turning known input errors into a one-line message and exit 2."""
+    """Entry point: run the app; bad input (ours or a usage error) is one `error:` line on stderr and exit 2."""
     from .concepts import ConceptError
     from .models import ModelLoadError
 
     try:
-        app(standalone_mode=False)
+        code = app(args=expand_list_options(sys.argv[1:]) or ["--help"], prog_name="innerpissa", standalone_mode=False)
+    except typer.TyperException as e:  # typer's own click errors: unknown command/option, missing or bad value
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(f"{e.format_message()}{hint}")
     except (UserError, ConceptError, ModelLoadError, FileNotFoundError, ValueError) as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        sys.exit(2)
+        _fail(str(e))
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
+    sys.exit(code if isinstance(code, int) else 0)  # `typer.Exit(n)` arrives here as a return value
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+
+def _fail(message: str) -> None:
+    typer.secho("error: " + " ".join(message.split()), err=True, fg="red")  # always one line
+    sys.exit(2)
+
+
+def warn(message: str) -> None:
+    """One `warning:` line on stderr."""
+    typer.secho(f"warning: {message}", err=True, fg="yellow")
+
+
+def expand_list_options(args: list[str]) -> list[str]:
+    """`--coeffs -1 0 1` -> `--coeffs -1 --coeffs 0 --coeffs 1` for the repeatable options of the invoked command,
+    so every list option takes the README's space-separated form (negative numbers too) as well as repetition."""
+    command = typer.main.get_command(app)
+    sub = getattr(command, "commands", {}).get(args[0]) if args else None
+    if sub is None:
+        return args  # no such command (click reports it) or a top-level option
+    multi = {o for p in sub.params if getattr(p, "multiple", False) and p.param_type_name == "option" for o in p.opts}
+    out, i = [args[0]], 1
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if args[i] == "--":
+            return out + args[i:]
+        if name not in multi:
+            out.append(args[i])
+            i += 1
+            continue
+        values = [value] if eq else args[i + 1:i + 2]  # the option's own value, taken as-is (may start with "-")
+        i += 1 if eq else 2
+        while i < len(args) and (not args[i].startswith("-") or _is_number(args[i])):
+            values.append(args[i])
+            i += 1
+        out += [x for v in values for x in (name, v)] if values else [name]
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+COEFF_MAX = 2.0  # |c| past this is outside the range adapters are trained (±1) and documented (README) for
+
+
+def check_coeffs(values: list[float] | None, option: str = "--coeffs", default: tuple[float, ...] = (-1.0, 0.0, 1.0),
+                 need_zero: bool = False) -> list[float]:
+    """Coefficients validated before any work: finite, distinct (and with 0 where needed) or UserError; a warning
+    names the coherent range |c| <= COEFF_MAX for any value past it."""
+    cs = [float(c) for c in values] if values else list(default)
+    bad = [c for c in cs if not math.isfinite(c)]
+    if bad:
+        example = "-1 0 1" if option == "--coeffs" else "0.8"
+        raise UserError(f"{option} {' '.join(f'{c:g}' for c in bad)}: coefficients must be finite numbers, e.g. {option} {example}")
+    if len(set(cs)) != len(cs):
+        raise UserError(f"{option} has duplicates ({' '.join(f'{c:g}' for c in cs)}): give each coefficient once")
+    if need_zero and 0.0 not in cs:
+        raise UserError(f"{option} {' '.join(f'{c:g}' for c in cs)} must include 0 (the unsteered baseline for the "
+                        f"effect and ΔNLL), e.g. {option} -1 0 1")
+    far = [c for c in cs if abs(c) > COEFF_MAX]
+    if far:
+        warn(f"{option} {' '.join(f'{c:g}' for c in far)} outside the coherent range |c| <= {COEFF_MAX:g} "
+             "(adapters are trained at c = ±1); expect degenerate output")
+    return cs
+
+
+def check_out(out: Path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse an existing output before any work unless --overwrite; an existing file is never a valid output dir."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} is a file; pass a directory path")
+    if out.exists() and not overwrite:
+        raise UserError(f"{option} {out} already exists; pass --overwrite to replace it or choose another {option}")
+
+
+PIPE_WIDTH = 400  # columns when stdout is not a terminal: tables keep their natural width
+
+
+def console() -> "Console":
+    """A rich console: the terminal's width, or wide enough never to cut a table when piped (rich would use 80)."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=PIPE_WIDTH)
 
 
 # --- commands are registered below by their modules (one import per command) ---
-
-def _coeffs(values: list[float] | None, default: tuple[float, ...] = (-1.0, 0.0, 1.0)) -> list[float]:
-    return list(values) if values else list(default)
 
 
 @app.command()
@@ -52,15 +139,14 @@ def train(
     steps: int | None = typer.Option(None, help="optimizer steps (overrides config)"),
     seed: int | None = typer.Option(None, help="random seed (overrides config)"),
     resume: bool = typer.Option(False, help="continue from the checkpoint in OUT/checkpoint"),
+    overwrite: bool = typer.Option(False, help="retrain into an OUT that already holds an adapter or checkpoint"),
     precision: str | None = typer.Option(None, help="auto | fp32 | bf16 (overrides config; default auto)"),
 ) -> None:
     """Train an InnerPiSSA adapter on a concept's contrastive pairs and save it to OUT."""
-    import yaml
-
     from .concepts import concept_from_words, load_concept
     from .concepts.fit_data import PAIRS_FILE, fit_pairs, pairs_record
-    from .io import atomic_write_json
     from .config import AdapterConfig, LossConfig, TrainConfig, parse_section
+    from .io import atomic_write_json, read_yaml
     from .models import load_model
     from .steerers.innerpissa import InnerPiSSASteerer
 
@@ -68,7 +154,9 @@ def train(
     if config is not None:
         if not config.is_file():
             raise UserError(f"config file not found: {config}")
-        overrides = yaml.safe_load(config.read_text()) or {}
+        overrides = read_yaml(config) or {}
+        if not isinstance(overrides, dict) or not all(isinstance(v or {}, dict) for k, v in overrides.items() if k != "recipe"):
+            raise UserError(f"{config}: expected sections of `field: value` mappings, e.g. `train: {{steps: 40}}`")
         unknown = set(overrides) - {"adapter", "loss", "train"}
         if unknown:
             raise UserError(f"{config}: unknown sections {sorted(unknown)}; use adapter, loss, train")
@@ -87,10 +175,9 @@ def train(
     spec = concept_from_words(positive, negative) if positive is not None else load_concept(concept or "honesty")
     steerer = InnerPiSSASteerer(**sections, model=model, concept=concept or spec.name)
     train_pairs, val_pairs = fit_pairs(spec)  # the sweep's pairs too: split by PAIR_SEED, not --seed
+    _check_train_out(out, resume, overwrite)
     m, tok = load_model(model)
     ckpt = out / "checkpoint"
-    if out.exists() and (out / "steerer.json").exists() and not resume:
-        raise UserError(f"{out} already holds a trained adapter; choose another --out or delete it")
     steerer.fit(m, tok, train_pairs, val_pairs, ckpt_dir=ckpt, resume=resume)
     steerer.save(out)
     atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs))  # for eval's leakage check
@@ -101,17 +188,30 @@ def train(
     )
 
 
+def _check_train_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, to train into an OUT holding an adapter, a checkpoint (without --resume) or other files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory path")
+    if overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    if (out / "steerer.json").exists() and not resume:
+        raise UserError(f"--out {out} already holds a trained adapter; pass --overwrite to retrain or choose another --out")
+    if (out / "checkpoint").exists() and not resume:
+        raise UserError(f"--out {out} holds an unfinished run's checkpoint; pass --resume to continue or --overwrite")
+    if not (out / "checkpoint").exists() and not (out / "steerer.json").exists():
+        raise UserError(f"--out {out} exists and is not an adapter directory; pass --overwrite or choose another --out")
+
+
 def _load_adapter_model(adapter: Path, model: str | None):
     """(model, tok, steerer) for a saved steerer directory; the base model spec is read from it if not given."""
-    import json
-
+    from .io import read_json
     from .models import load_model
     from .steerers import load_steerer
 
     meta = adapter / "steerer.json"
     if not meta.is_file():
         raise UserError(f"{adapter} is not a trained adapter directory (no steerer.json); run `innerpissa train` first")
-    spec = model or json.loads(meta.read_text()).get("params", {}).get("model")
+    spec = model or read_json(meta).get("params", {}).get("model")
     if not spec:
         raise UserError(f"{adapter}/steerer.json names no base model; pass --model")
     m, tok = load_model(spec)
@@ -128,22 +228,22 @@ def generate(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 (auto: bf16 where the hardware has it)"),
 ) -> None:
     """Greedy completions side by side at each coefficient."""
-    from rich.console import Console
     from rich.table import Table
 
     from .generate import generate_table
     from .precision import check as check_precision
 
+    cs = check_coeffs(coeffs)
     check_precision(precision)
     m, tok, steerer = _load_adapter_model(adapter, model)
-    cs = _coeffs(coeffs)
     df = generate_table(m, tok, steerer, prompt, cs, max_new_tokens, precision)
+    out = console()
     for p in prompt:
         t = Table(title=p, show_lines=True)
         for c in cs:
             t.add_column(f"c = {c:+g}")
         t.add_row(*[df[(df.prompt == p) & (df.coeff == c)].completion.iloc[0] for c in cs])
-        Console().print(t)
+        out.print(t)
 
 
 @app.command()
@@ -152,25 +252,22 @@ def merge(
     coeff: float = typer.Option(..., help="coefficient to bake into the weights"),
     out: Path = typer.Option(..., help="output directory for a plain transformers model"),
     model: str | None = typer.Option(None, help="base model spec (default: the one the adapter was trained on)"),
+    overwrite: bool = typer.Option(False, help="replace an existing OUT"),
 ) -> None:
     """Fold the adapter at COEFF into plain weights and save a normal transformers model."""
-    import shutil
-    import tempfile
-
     from .adapter import merge as merge_adapter
+    from .io import atomic_dir, check_finite
 
-    if out.exists():
-        raise UserError(f"{out} already exists; choose a new --out")
-    m, tok, _ = _load_adapter_model(adapter, model)
+    check_coeffs([coeff], "--coeff")
+    check_out(out, overwrite)
+    m, tok, steerer = _load_adapter_model(adapter, model)
+    if steerer.name != "innerpissa":
+        raise UserError(f"{adapter} holds a {steerer.name!r} steerer; merge folds InnerPiSSA adapters only")
     merge_adapter(m, coeff)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    check_finite(m.state_dict(), f"the merged model at c={coeff:g} to {out}")
+    with atomic_dir(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(f"merged adapter at c={coeff:g} into {out}")
 
 
@@ -209,7 +306,6 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
     names = "" if len(coeff) == 1 else " (" + ", ".join(f"c{c:+g}" for c in coeff) + ")"
     typer.echo(f"exported peft LoRA adapter(s) at c={', '.join(f'{c:g}' for c in coeff)} to {out}{names}")
-
 
 
 from .experiments import commands as _experiment_commands  # noqa: E402,F401  (sweep, compare)

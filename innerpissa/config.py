@@ -96,7 +96,7 @@ class LossConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation: AdamW + schedule, batches, validation/early stopping, checkpoints."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy/torch seeds must be in 0..2**32-1")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"

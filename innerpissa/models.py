@@ -106,6 +106,8 @@ def resolve_spec(spec: str) -> Path | str:
         return p
     if p.exists() and not p.is_dir():
         raise ModelLoadError(f"model path {spec} is a file but not .gguf; pass a model directory or .gguf")
+    if not p.exists() and spec.startswith(("/", "./", "../", "~")):
+        raise ModelLoadError(f"model directory not found: {spec}; pass an existing directory, a .gguf file or a HF id")
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{spec} has no config.json; pass a transformers model directory")
@@ -132,8 +134,19 @@ def load_model(
     except OSError as e:
         raise ModelLoadError(f"could not load model {spec!r}: {str(e).splitlines()[0]}") from e
     model.config.innerpissa_spec = spec
+    drop_gguf_origin(model)
     prepare(model, tok)
     return model.to(device), tok
+
+
+def drop_gguf_origin(model: PreTrainedModel) -> None:
+    """Forget a `quantization_config: gguf` (GGUF weights are dequantized on load), so the model is a plain
+    one that `save_pretrained` writes and plain `from_pretrained` reads; our cached SmolLM2 config carries it."""
+    qc = getattr(model.config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if str(getattr(method, "value", method)) == "gguf":
+        del model.config.quantization_config
+        model.hf_quantizer = None
 
 
 def prepare(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 from typing import Protocol
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -35,7 +33,7 @@ from .batching import Batch, encode_pairs
 from .capture import capture
 from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
-from .io import atomic_save_tensors, atomic_write_json
+from .io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from .models import decoder_layers, select_layers
 from .precision import autocast, resolve as resolve_precision
 
@@ -387,8 +385,8 @@ class Trainer:
 
     def load_checkpoint(self, result: TrainResult) -> int:
         """Restore the state written by save_checkpoint; returns the step to continue from."""
-        meta = json.loads((self.ckpt_dir / "checkpoint.json").read_text())
-        tensors = load_file(str(self.ckpt_dir / "checkpoint.safetensors"))
+        meta = read_json(self.ckpt_dir / "checkpoint.json")
+        tensors = load_tensors(self.ckpt_dir / "checkpoint.safetensors")
         params = self.adapter.parameters()
         with torch.no_grad():
             for i, p in enumerate(params):

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ $# -eq 0 ]; then set -- --quick --methods innerpissa,prompt,pca,mean_diff; fi
-exec .venv/bin/innerpissa compare "$@"
+exec .venv/bin/innerpissa compare --overwrite "$@"   # refresh the tables (runs stay cached in runs/)

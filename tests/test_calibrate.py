@@ -153,3 +153,30 @@ def test_compare_at_kl_budgets_end_to_end(tmp_path, run_cli):
     (h, cfg), = raw.items()
     s = json.loads((root / "runs" / h / "summary.json").read_text())["dd-honesty"]
     assert cfg["kl"] is None and s["kl_budget"] is None and s["coeff_pos"] == 1.0 and s["kl_pos"] > 0
+
+
+def test_eval_cli_at_a_kl_budget(tmp_path, tiny, run_cli):
+    import json
+
+    import pandas as pd
+
+    from innerpissa.steerers import get_steerer
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    st = get_steerer("mean_diff", layers=[1])
+    st.fit(model, tok, make_pairs(load_concept("honesty"))[0].subset(list(range(8))))
+    st.save(tmp_path / "adapter")
+    args = ["eval", "--adapter", str(tmp_path / "adapter"), "--model", str(tmp_path / "model"), "--dataset", "dd-honesty",
+            "--limit", "6", "--n-boot", "20", "--concept", "honesty"]
+    code, _, err = run_cli(*args, "--kl", "-1", "--out", str(tmp_path / "bad"))
+    assert code == 2 and "--kl must be a positive number" in err and not (tmp_path / "bad").exists()
+    code, out, err = run_cli(*args, "--kl", "0.1", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())["dd-honesty"]
+    assert s["kl_budget"] == 0.1 and s["kl_converged"] and abs(s["kl_pos"] - 0.1) <= 0.005
+    raw = pd.read_parquet(tmp_path / "run" / "scores.parquet").drop_duplicates("coeff").set_index("coeff")["raw_coeff"]
+    assert raw[1.0] == pytest.approx(s["coeff_pos"]) and raw[-1.0] == pytest.approx(-s["coeff_neg"])
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["calibration"]["budget"] == 0.1 and cfg["calibration"]["settings"]["direction"] == "KL(base || steered)"

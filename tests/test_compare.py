@@ -62,7 +62,7 @@ def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
                 "--out", str(out)) == 2  # unknown method: one-line error, nothing run
     assert counters == {"fit": 0, "eval": 0}
 
-    args = ["compare", "--methods", "random,pca", "--seeds", "2", *common, "--out", str(out)]
+    args = ["compare", "--methods", "random,pca", "--seeds", "2", *common, "--out", str(out), "--overwrite"]
     assert _cli(monkeypatch, *args) == 0
     # random is seeded (2 runs, 2 fits); pca is deterministic (1 run, marked "1 seed")
     assert counters == {"fit": 3, "eval": 3}
@@ -109,7 +109,7 @@ def test_quick_defaults_and_explicit_options_win(tmp_path: Path, monkeypatch: py
     concept = tmp_path / "honesty_small.yaml"
     concept.write_text(yaml.safe_dump(TINY_CONCEPT))
     base = ["compare", "--quick", "--model", "tiny-llama", "--concept", str(concept), "--methods", "random",
-            "--pmass-min", "0", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out")]
+            "--pmass-min", "0", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"), "--overwrite"]
     assert _cli(monkeypatch, *base) == 0
     runs = list(json.loads((tmp_path / "out" / "compare.json").read_text())["runs"].values())
     assert len(runs) == QUICK["seeds"] == 1

@@ -109,7 +109,7 @@ def test_cli_eval_end_to_end(run_cli, saved) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "dd-honest"], "unknown dataset 'dd-honest'; choose one of dd-honesty, dd-all"),
-    (["--coeffs", "1", "oops"], "unexpected argument 'oops'"),
+    (["--coeffs", "1", "oops"], "Invalid value for '--coeffs': Input should be a valid number"),
     (["--dataset", "dd-sample-0"], "cannot sample 0 dilemmas"),
 ])
 def test_cli_input_errors(run_cli, saved, args, message) -> None:

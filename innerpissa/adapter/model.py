@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel
 
 from ..capture import capture
 from ..config import AdapterConfig
-from ..io import atomic_save_tensors, atomic_write_json
+from ..io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from ..models import decoder_layers, model_id, select_layers, tensors_sha256
 from .layer import InnerPiSSALinear, contrast_dims
 
@@ -184,7 +182,7 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> dict[str, InnerPiS
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / ADAPTER_FILE).is_file():
         raise FileNotFoundError(f"{path} has no {CONFIG_FILE}/{ADAPTER_FILE}; pass a directory written by `innerpissa train`")
-    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta = read_json(path / CONFIG_FILE)
     cfg = AdapterConfig(**meta["adapter"])
     names = meta["modules"]
     try:
@@ -197,7 +195,7 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> dict[str, InnerPiS
             f"adapter in {path} was trained on base model {saved['model']!r} (weights sha256 "
             f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
         )
-    tensors = load_file(str(path / ADAPTER_FILE))
+    tensors = load_tensors(path / ADAPTER_FILE)
     frozen = {n: {k: tensors[f"{n}.{k}"] for k in ("U", "S", "V")} for n in names}
     layers = attach(model, cfg, frozen=frozen)
     if sorted(layers) != sorted(names):

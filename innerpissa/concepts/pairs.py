@@ -13,17 +13,16 @@ a person."), the persona-free context that output-level methods (BiPO, DPO) cond
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import Literal
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .. import DATA_DIR
 from ..config import validation_message
+from ..io import read_json, read_yaml
 
 SUFFIX_DIR = DATA_DIR / "contrastive_suffixes"
 CONCEPT_DIR = Path(__file__).parent
@@ -182,7 +181,7 @@ def load_concept(name_or_path: str) -> ConceptSpec:
             raise ConceptError(
                 f"unknown concept {name_or_path!r}: use one of {builtin_concepts()} or a path to a YAML spec"
             )
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConceptError(f"{path}: a concept spec must be a mapping with at least positive and negative")
     return _validated({"name": path.stem, **raw}, str(path))
@@ -215,7 +214,9 @@ def _suffixes(src: SuffixSource, rng: random.Random) -> list[str]:
         if not path.is_file():
             known = sorted(p.stem for p in SUFFIX_DIR.glob("*.json"))
             raise ConceptError(f"unknown suffix source {src.source!r}: use one of {known} or a JSON list file")
-        items = json.loads(path.read_text())
+        items = read_json(path)
+        if not isinstance(items, list) or not items or not all(isinstance(s, str) for s in items):
+            raise ConceptError(f"suffix file {path} must hold a non-empty JSON list of strings")
     else:
         raise ConceptError("a suffix source needs `source` (list name or file) or `items` (inline list)")
     if src.truncate_words:

@@ -175,9 +175,14 @@ def read_generic(path: str | Path) -> EvalSet:
             rows.append(obj)
         frame = pd.DataFrame(rows)
     elif path.suffix == ".csv":
-        frame = pd.read_csv(path, dtype={"id": str, "group": str})
+        try:
+            frame = pd.read_csv(path, dtype={"id": str, "group": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(f"dataset file {path} is empty or not valid CSV ({' '.join(str(e).split())}); fix it") from None
     else:
         raise ValueError(f"dataset file {path} must be .jsonl or .csv (generic binary-choice format)")
+    if frame.empty:
+        raise ValueError(f"dataset file {path} has no rows; add rows with a 'prompt' and a 'label:<dim>' column")
     return from_generic(frame, path.stem, {"source": str(path)})
 
 

@@ -8,19 +8,12 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ..cli import app
+from ..cli import COEFF_MAX, app, check_coeffs, check_out, console, warn
 from ..models import DEFAULT_MODEL
 from ..precision import HELP as PRECISION_HELP, check as check_precision
 from .compare import QUICK
-
-
-def _console() -> Console:
-    """The terminal's width, or 200 columns when writing to a file/pipe (rich's 80 would crush the tables)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
 
 
 def _rich(df: pd.DataFrame, title: str) -> Table:
@@ -59,28 +52,34 @@ def sweep(
     root: Annotated[Path, typer.Option(help="results root: runs in ROOT/runs/<hash>/, fits in ROOT/fits/")] = Path("runs"),
     ray: Annotated[bool, typer.Option("--ray", help="run each run as a Ray task (also implied by $RAY_ADDRESS)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")] = None,
-    cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs declared per run")] = 1.0,
-    gpus_per_run: Annotated[float, typer.Option(help="Ray: GPUs declared per run")] = 0.0,
+    cpus_per_run: Annotated[float, typer.Option(min=0, help="Ray: CPUs declared per run")] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(min=0, help="Ray: GPUs declared per run")] = 0.0,
     wandb: Annotated[bool, typer.Option("--wandb", help="log each run to Weights & Biases (offline without an API key)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the runs and exit")] = False,
 ) -> None:
     """Expand SPEC into runs and execute them, skipping complete runs and recording failures."""
+    from ..eval.datasets import load_dataset
     from .sweep import check_methods, expand, load_spec, run_inprocess, run_ray, wandb_logger
 
     cfgs = expand(load_spec(spec))
     check_methods(cfgs)
-    console = _console()
+    for name in sorted({d for cfg in cfgs for d in cfg.datasets}):
+        load_dataset(name)  # an unknown name or a bad file fails here, not in every run
+    far = sorted({c for cfg in cfgs for c in cfg.coeffs if abs(c) > COEFF_MAX})
+    if far:
+        warn(f"{spec}: coeffs {' '.join(f'{c:g}' for c in far)} outside the coherent range |c| <= {COEFF_MAX:g}")
+    cons = console()
     if dry_run:
         rows = [{"run": c.content_hash(), "method": c.method, "preset": c.preset or "-", "seed": c.seed,
                  "params": c.params} for c in cfgs]
-        console.print(_rich(pd.DataFrame(rows), f"{spec}: {len(cfgs)} runs"))
+        cons.print(_rich(pd.DataFrame(rows), f"{spec}: {len(cfgs)} runs"))
         return
     on_done = wandb_logger(root) if wandb else None
     if ray or address or os.environ.get("RAY_ADDRESS"):
         summary = run_ray(cfgs, root, address, cpus_per_run, gpus_per_run, on_done=on_done)
     else:
         summary = run_inprocess(cfgs, root, on_done=on_done)
-    console.print(summary.table())
+    cons.print(summary.table())
     if summary.failed:
         raise typer.Exit(1)
 
@@ -111,24 +110,32 @@ def compare(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     ray: Annotated[bool, typer.Option("--ray", help="run on Ray (local, or $RAY_ADDRESS / --address)")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the tables in an existing OUT (runs stay cached in ROOT)")] = False,
 ) -> None:
     """Fit every method per seed on the same pairs, evaluate at the same coefficients, write Table 1."""
+    from ..eval.datasets import load_dataset
+    from ..io import atomic_dir
     from .compare import compare_configs, run_compare
 
+    cs = check_coeffs(coeffs, need_zero=True)
+    check_out(out, overwrite)
     given = {"seeds": seeds, "eval_limit": eval_limit, "steps": steps, "n_pairs": n_pairs, "datasets": datasets}
     defaults = QUICK if quick else {"seeds": 3, "datasets": "dd-honesty,truthfulqa"}
     opt = {k: v if v is not None else defaults.get(k) for k, v in given.items()}  # explicit options always win
+    for name in _split(opt["datasets"], "datasets"):
+        load_dataset(name)  # an unknown name or a bad file fails here, before any run writes to ROOT
     cfgs = compare_configs(_split(methods, "methods"), opt["seeds"], model, concept, _split(opt["datasets"], "datasets"),
-                           coeffs or [-1.0, 0.0, 1.0], opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
+                           cs, opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
                            opt["n_pairs"], parse_budgets(kl) if kl is not None else None, kl_stat, check_precision(precision))
-    res = run_compare(cfgs, root, out, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
-    console = _console()
+    with atomic_dir(out) as tmp:
+        res = run_compare(cfgs, root, tmp, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
+    cons = console()
     for ds, t in res.table1.items():
-        console.print(_rich(t, f"Table 1 · {ds} · {model} · mean ± 95% CI over seeds"))
+        cons.print(_rich(t, f"Table 1 · {ds} · {model} · mean ± 95% CI over seeds"))
     if res.against_the_grain is not None:
-        console.print(_rich(res.against_the_grain, "Against the grain: c = −1 vs the dishonest prompt"))
+        cons.print(_rich(res.against_the_grain, "Against the grain: c = −1 vs the dishonest prompt"))
     else:
-        console.print(f"[yellow]no against-the-grain table: {res.against_the_grain_error}[/yellow]")
+        cons.print(f"[yellow]no against-the-grain table: {res.against_the_grain_error}[/yellow]")
     if res.summary.failed:
-        console.print(res.summary.table())
-    console.print(f"tables and chart in {out}/, runs in {root}/runs/")
+        cons.print(res.summary.table())
+    cons.print(f"tables and chart in {out}/, runs in {root}/runs/")

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ..cli import app
+from ..cli import app, check_coeffs, check_out, console
 from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
+from ..io import read_json
 from ..precision import HELP as PRECISION_HELP, check as check_precision
-
-CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}  # lets `--coeffs -2 -1 0 1 2` work
-
-
-def parse_coeffs(first: list[float] | None, extra: list[str]) -> list[float]:
-    """Coefficients from `--coeffs a b c` (the first is the option value, the rest arrive as extra args)."""
-    out = list(first or [])
-    for arg in extra:
-        try:
-            out.append(float(arg))
-        except ValueError:
-            raise ValueError(f"unexpected argument {arg!r}: only coefficients may follow --coeffs (e.g. --coeffs -1 0 1)") from None
-    return out or [-1.0, 0.0, 1.0]
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
@@ -72,16 +58,15 @@ def fitted_pairs(adapter: Path, concept: str | None) -> tuple[ContrastPairs | No
     Its pairs.json record (written by `innerpissa train` and sweeps) is rebuilt and hash-checked; a steerer saved
     without one is checked against `concept`'s pairs from `fit_pairs`, which may not be the ones it saw."""
     if (adapter / PAIRS_FILE).is_file():
-        return seen_pairs(json.loads((adapter / PAIRS_FILE).read_text())), ""
+        return seen_pairs(read_json(adapter / PAIRS_FILE)), ""
     if concept:
         return joined(*fit_pairs(concept)), (f"{adapter} has no {PAIRS_FILE}: leakage checked against concept "
                                              f"{concept!r}'s pairs, which may not be the ones it was fitted on")
     return None, "leakage check skipped: steerer.json names no concept and there is no pairs.json; pass --concept"
 
 
-@app.command("eval", context_settings=CONTEXT)
+@app.command("eval")
 def eval_command(
-    ctx: typer.Context,
     adapter: Path = typer.Option(..., help="saved steerer directory (with steerer.json), e.g. from `innerpissa train`"),
     dataset: list[str] = typer.Option(["dd-honesty"], help="dd-honesty, dd-all, dd-sample-N, truthfulqa or a .jsonl/.csv (repeatable)"),
     coeffs: list[float] = typer.Option(None, help="steering coefficients, e.g. --coeffs -2 -1 0 1 2 (default -1 0 1)"),
@@ -91,38 +76,44 @@ def eval_command(
     concept: str | None = typer.Option(None, help="concept the steerer was trained on, for the leakage check (default: from steerer.json)"),
     batch_size: int = typer.Option(16, min=1),
     max_length: int = typer.Option(512, min=8, help="prompts are left-truncated to this many tokens"),
-    seed: int = typer.Option(0, help="seed for sampling, limits and the bootstrap"),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="seed for sampling, limits and the bootstrap"),
     n_boot: int = typer.Option(1000, min=10, help="bootstrap resamples of dilemmas"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    overwrite: bool = typer.Option(False, help="replace an existing OUT run directory"),
 ) -> None:
     """Score a saved steerer on binary-choice datasets at several coefficients; print and save the results."""
     from ..eval.datasets import load_dataset
+    from ..io import atomic_dir
     from ..models import load_model
     from ..steerers import load_steerer
     from .evaluate import evaluate_run
 
-    cs = parse_coeffs(coeffs, ctx.args)
+    cs = check_coeffs(coeffs, need_zero=True)
     check_precision(precision)
+    out = out or Path("runs") / "eval" / adapter.resolve().name
+    check_out(out, overwrite)
     names = [n.strip() for d in dataset for n in d.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--dataset is empty: name at least one, e.g. --dataset dd-honesty")
     sets = [load_dataset(n, seed=seed) for n in names]  # fail fast on bad names/files, before loading a model
     meta = adapter / "steerer.json"
     if not meta.is_file():
         raise FileNotFoundError(f"{adapter} is not a saved steerer (no steerer.json); pass a directory written by train")
-    params = json.loads(meta.read_text()).get("params", {})
+    params = read_json(meta).get("params", {})
     spec = model or params.get("model")
     if not spec:
         raise ValueError(f"{meta} records no base model: pass --model")
     train, pairs_note = fitted_pairs(adapter, concept or params.get("concept"))
     m, tok = load_model(spec)
     steerer = load_steerer(m, adapter)
-    out = out or Path("runs") / "eval" / adapter.resolve().name
-    summary = evaluate_run(m, tok, steerer, sets, cs, out, seed=seed, train_pairs=train, batch_size=batch_size,
-                           max_length=max_length, limit=limit, n_boot=n_boot, precision=precision)
-    effects = pd.read_parquet(out / "effects.parquet")
-    console = Console()
+    with atomic_dir(out) as tmp:
+        summary = evaluate_run(m, tok, steerer, sets, cs, tmp, seed=seed, train_pairs=train, batch_size=batch_size,
+                               max_length=max_length, limit=limit, n_boot=n_boot, precision=precision)
+        effects = pd.read_parquet(tmp / "effects.parquet")
+    cons = console()
     for name, s in summary.items():
-        console.print(effects_table(name, effects[effects["dataset"] == name], s["target_dim"]))
-    console.print(headline_table(summary))
+        cons.print(effects_table(name, effects[effects["dataset"] == name], s["target_dim"]))
+    cons.print(headline_table(summary))
     if pairs_note:
-        console.print(f"[yellow]{pairs_note}[/yellow]")
-    console.print(f"wrote {out}/ (config.json, scores.parquet, effects.parquet, summary.json, dose_response.png)")
+        cons.print(f"[yellow]{pairs_note}[/yellow]")
+    cons.print(f"wrote {out}/ (config.json, scores.parquet, effects.parquet, summary.json, dose_response.png)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -84,7 +85,7 @@ class RunConfig(BaseModel):
     method: str = "innerpissa"
     params: dict[str, Any] = Field(default_factory=dict, description="steerer hyper-parameters (nested for trained)")
     n_pairs: int | None = Field(None, gt=0, description="fit on this many training pairs (one seeded subset for all)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     preset: str | None = Field(None, description="ablation preset name (already applied to method/params)")
     datasets: tuple[str, ...] = Field(("dd-honesty",), min_length=1)
     coeffs: tuple[float, ...] = (-1.0, 0.0, 1.0)
@@ -107,6 +108,8 @@ class RunConfig(BaseModel):
             raise ValueError(f"coeffs {list(v)} must include 0 (the unsteered baseline for ΔNLL and flips)")
         return tuple(sorted(set(v)))
 
+        if not all(math.isfinite(c) for c in v):
+            raise ValueError(f"coeffs {list(v)} must be finite numbers")
     @model_validator(mode="after")
     def _check_params(self) -> "RunConfig":
         if self.method in TRAINED:

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 from rich.progress import Progress
@@ -43,7 +42,7 @@ from rich.table import Table
 
 from .. import steerers
 from ..config import validation_message
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_yaml
 from .ablations import apply_preset, set_path
 from .run import DETERMINISTIC, RunConfig, is_done, run_one
 
@@ -67,7 +66,9 @@ def load_spec(path: Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec {path} not found; pass a YAML file (see sweeps/ for examples)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
+    if raw is None:
+        raise ValueError(f"sweep spec {path} is empty; give at least `method:` (see sweeps/ for examples)")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a sweep spec must be a mapping of RunConfig fields plus {', '.join(SPEC_KEYS)}")
     base = {k: v for k, v in raw.items() if k not in SPEC_KEYS}

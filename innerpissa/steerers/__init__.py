@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import pkgutil
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
 
+from ..io import read_json
 from .base import Steerer, TensorSteerer
 
 _PRIVATE = {"base"}
@@ -46,7 +46,7 @@ def load_steerer(model: PreTrainedModel, path: str | Path) -> Steerer:
     meta = path / "steerer.json"
     if not meta.is_file():
         raise FileNotFoundError(f"{path} is not a saved steerer (no steerer.json); pass a directory written by train/compare")
-    info = json.loads(meta.read_text())
+    info = read_json(meta)
     steerer = get_steerer(info["method"], **info.get("params", {}))
     steerer.load(model, path)
     return steerer

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol, runtime_checkable
 
 import torch
-from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
-from ..io import atomic_save_tensors, atomic_write_json
+from ..io import atomic_save_tensors, atomic_write_json, load_tensors
 
 Messages = list[dict[str, str]]
 
@@ -66,7 +65,7 @@ class TensorSteerer:
         atomic_save_tensors(self.tensors, Path(path) / "steerer.safetensors")
 
     def load(self, model: PreTrainedModel, path: Path) -> None:
-        self.tensors = load_file(str(Path(path) / "steerer.safetensors"))
+        self.tensors = load_tensors(Path(path) / "steerer.safetensors")
 
 
 def save_meta(steerer: Steerer, path: Path) -> None:

@@ -14,7 +14,6 @@ raises, and tables should show the prompt rows at those coefficients only.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, ContextManager
@@ -22,7 +21,7 @@ from typing import Any, ContextManager
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json
 from .base import Messages, save_meta
 
 VARIANTS = ("persona", "short")
@@ -103,7 +102,7 @@ class PromptSteerer:
         atomic_write_json(Path(path) / "prompts.json", self.texts)
 
     def load(self, model: PreTrainedModel, path: Path) -> None:
-        self.texts = json.loads((Path(path) / "prompts.json").read_text())
+        self.texts = read_json(Path(path) / "prompts.json")
 
 
 STEERER = PromptSteerer

@@ -1,0 +1,263 @@
+"""Every bad input through the CLI: exit 2, one `error:` line naming the problem, nothing new on disk (issue 11).
+
+Each case runs `innerpissa ARGS` in a fresh directory (also the working directory, so default outputs would land
+there) on a tiny model; the workspace with the model and a trained adapter is shared and must stay untouched.
+Placeholders in ARGS: {model}, {adapter}, {ws} (the shared workspace), {case} (the case's own directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from innerpissa.cli import main
+from innerpissa.testing import tiny_model
+
+SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
+         "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
+
+
+def _run(args: list[str]) -> int:
+    sys.argv = ["innerpissa", *args]
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A tiny model on disk and an InnerPiSSA adapter trained on it through the CLI (with a checkpoint)."""
+    root = tmp_path_factory.mktemp("ws")
+    model, tok = tiny_model("llama")
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "small.yaml").write_text(yaml.safe_dump(SMALL))
+    argv = sys.argv
+    try:
+        code = _run(["train", "--model", str(root / "model"), "--out", str(root / "adapter"),
+                     "--config", str(root / "small.yaml")])
+    finally:
+        sys.argv = argv
+    assert code == 0 and (root / "adapter" / "checkpoint").is_dir()
+    return root
+
+
+# --- case setups: each gets (workspace, case dir) and writes the bad input into the case dir ---
+
+def _file(name: str, text: str) -> Callable[[Path, Path], None]:
+    return lambda ws, case: (case / name).write_text(text)
+
+
+def _adapter(edit: Callable[[Path], None]) -> Callable[[Path, Path], None]:
+    """A copy of the trained adapter at {case}/A, then `edit(copy)`."""
+    def setup(ws: Path, case: Path) -> None:
+        shutil.copytree(ws / "adapter", case / "A")
+        edit(case / "A")
+    return setup
+
+
+def _truncate(name: str, keep: int) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        (d / name).write_bytes((d / name).read_bytes()[:keep])
+    return edit
+
+
+def _existing_out(ws: Path, case: Path) -> None:
+    (case / "out").mkdir()
+    (case / "out" / "keep.txt").write_text("the user's file")
+
+
+def _concept_with_suffix_file(text: str) -> Callable[[Path, Path], None]:
+    def setup(ws: Path, case: Path) -> None:
+        (case / "sfx.json").write_text(text)
+        (case / "c.yaml").write_text(yaml.safe_dump({"positive": "honest", "negative": "dishonest",
+                                                     "suffixes": [{"source": str(case / "sfx.json")}]}))
+    return setup
+
+
+def _no_steerer_json(d: Path) -> None:
+    (d / "steerer.json").unlink()
+
+
+def _unfinished_truncated(d: Path) -> None:
+    _no_steerer_json(d)
+    _truncate("checkpoint/checkpoint.safetensors", 100)(d)
+
+
+GEN = ["generate", "--adapter", "{adapter}", "--prompt", "hi"]
+EVAL = ["eval", "--adapter", "{adapter}", "--out", "{case}/e"]
+MERGE = ["merge", "--adapter", "{adapter}", "--out", "{case}/m"]
+TRAIN = ["train", "--model", "{model}", "--out", "{case}/o"]
+COMPARE = ["compare", "--model", "{model}", "--methods", "prompt", "--root", "{case}/r", "--out", "{case}/o"]
+SWEEP = ["sweep", "{case}/s.yaml", "--root", "{case}/r"]
+
+CASES = [  # (id, setup or None, args, what the error line must say)
+    # usage errors from typer/click (were 30-50-line tracebacks, exit 1)
+    ("unknown-command", None, ["nosuch"], "No such command 'nosuch'"),
+    ("missing-option", None, ["generate", "--prompt", "hi"], "Missing option '--adapter'"),
+    ("not-an-int", None, ["train", "--steps", "abc"], "Invalid value for '--steps'"),
+    ("unknown-option", None, ["eval", "--adapter", "{adapter}", "--limt", "4"], "No such option: --limt"),
+    ("not-a-float", None, [*GEN, "--coeffs", "-1", "x"], "Invalid value for '--coeffs': Input should be a valid number"),
+    # damaged adapter files
+    ("truncated-safetensors", _adapter(_truncate("adapter.safetensors", 1000)),
+     ["generate", "--adapter", "{case}/A", "--prompt", "hi"], "A/adapter.safetensors is empty, truncated"),
+    ("empty-safetensors", _adapter(_truncate("adapter.safetensors", 0)),
+     ["eval", "--adapter", "{case}/A", "--out", "{case}/e"], "A/adapter.safetensors is empty, truncated"),
+    ("empty-steerer-json", _adapter(_truncate("steerer.json", 0)),
+     ["merge", "--adapter", "{case}/A", "--coeff", "1", "--out", "{case}/m"], "A/steerer.json is not valid JSON"),
+    ("truncated-checkpoint", _adapter(_unfinished_truncated),
+     ["train", "--model", "{model}", "--out", "{case}/A", "--config", "{ws}/small.yaml", "--resume"],
+     "checkpoint/checkpoint.safetensors is empty, truncated"),
+    # config YAML
+    ("yaml-syntax", _file("bad.yaml", "train: {steps: [\n"), [*TRAIN, "--config", "{case}/bad.yaml"],
+     "bad.yaml: YAML syntax error at line 2"),
+    ("yaml-wrong-type", _file("bad.yaml", "train: [1, 2]\n"), [*TRAIN, "--config", "{case}/bad.yaml"],
+     "bad.yaml: expected sections of `field: value` mappings"),
+    ("negative-seed", None, [*TRAIN, "--seed", "-1"], "train.seed"),
+    ("eval-negative-seed", None, [*EVAL, "--seed", "-1"], "Invalid value for '--seed'"),
+    # coefficients
+    ("generate-nan", None, [*GEN, "--coeffs", "nan"], "--coeffs nan: coefficients must be finite"),
+    ("generate-duplicate", None, [*GEN, "--coeffs", "1", "1"], "--coeffs has duplicates"),
+    ("eval-nan", None, [*EVAL, "--coeffs", "-1", "0", "nan"], "--coeffs nan: coefficients must be finite"),
+    ("eval-no-zero", None, [*EVAL, "--coeffs", "-1", "1"], "--coeffs -1 1 must include 0"),
+    ("merge-nan", None, [*MERGE, "--coeff", "nan"], "--coeff nan: coefficients must be finite"),
+    ("merge-nonfinite-weights", None, [*MERGE, "--coeff", "1e6"], "refusing to write the merged model at c=1e+06"),
+    ("compare-inf", None, [*COMPARE, "--coeffs", "-1", "0", "inf"], "--coeffs inf: coefficients must be finite"),
+    ("sweep-nan", _file("s.yaml", "method: prompt\ncoeffs: [-1, 0, .nan]\n"), SWEEP, "must be finite numbers"),
+    # existing outputs
+    ("eval-out-exists", _existing_out, [*EVAL[:-1], "{case}/out"], "out already exists; pass --overwrite"),
+    ("merge-out-exists", _existing_out, [*MERGE[:-1], "{case}/out", "--coeff", "1"], "out already exists; pass --overwrite"),
+    ("compare-out-exists", _existing_out, [*COMPARE[:-1], "{case}/out"], "out already exists; pass --overwrite"),
+    ("train-out-adapter", None, ["train", "--model", "{model}", "--out", "{adapter}"],
+     "already holds a trained adapter; pass --overwrite"),
+    ("train-out-checkpoint", _adapter(_no_steerer_json), ["train", "--model", "{model}", "--out", "{case}/A"],
+     "holds an unfinished run's checkpoint; pass --resume to continue or --overwrite"),
+    ("train-out-other", _existing_out, [*TRAIN[:-1], "{case}/out"], "exists and is not an adapter directory"),
+    ("train-out-file", _file("f.txt", "x"), [*TRAIN[:-1], "{case}/f.txt"], "f.txt is a file"),
+    # pairs (suffix) files, datasets, sweep specs, models
+    ("empty-pairs-file", _concept_with_suffix_file(""), [*TRAIN, "--concept", "{case}/c.yaml"],
+     "sfx.json is not valid JSON (empty file)"),
+    ("pairs-file-not-a-list", _concept_with_suffix_file('{"a": 1}'), [*TRAIN, "--concept", "{case}/c.yaml"],
+     "sfx.json must hold a non-empty JSON list of strings"),
+    ("empty-dataset-jsonl", _file("d.jsonl", ""), [*EVAL, "--dataset", "{case}/d.jsonl"], "d.jsonl has no rows"),
+    ("empty-dataset-csv", _file("d.csv", ""), [*EVAL, "--dataset", "{case}/d.csv"], "d.csv is empty or not valid CSV"),
+    ("empty-dataset-option", None, [*EVAL, "--dataset", ","], "--dataset is empty"),
+    ("compare-unknown-dataset", None, [*COMPARE, "--datasets", "nope"], "unknown dataset 'nope'"),
+    ("sweep-empty", _file("s.yaml", ""), SWEEP, "s.yaml is empty"),
+    ("sweep-yaml-syntax", _file("s.yaml", "method: [\n"), SWEEP, "s.yaml: YAML syntax error"),
+    ("sweep-unknown-dataset", _file("s.yaml", "method: prompt\ndatasets: [nope]\n"), SWEEP, "unknown dataset 'nope'"),
+    ("sweep-negative-cpus", _file("s.yaml", "method: prompt\n"), [*SWEEP, "--cpus-per-run", "-1"],
+     "Invalid value for '--cpus-per-run'"),
+    ("missing-model-dir", None, ["train", "--model", "./no/such/model", "--out", "{case}/o"],
+     "model directory not found: ./no/such/model"),
+]
+
+
+def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `roots` with its size and mtime: any new, removed or rewritten file shows up."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                st = os.stat(os.path.join(dirpath, name))
+                out[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("setup, args, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_error_line_and_nothing_on_disk(ws, tmp_path, monkeypatch, capsys, setup, args, message):
+    case = tmp_path / "case"
+    case.mkdir()
+    if setup is not None:
+        setup(ws, case)
+    monkeypatch.chdir(case)
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    fill = {"model": str(ws / "model"), "adapter": str(ws / "adapter"), "ws": str(ws), "case": str(case)}
+    message = message.format(**fill)
+    before = _snapshot(ws, case)
+    capsys.readouterr()
+    code = _run([a.format(**fill) for a in args])
+    _, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2, err
+    assert "Traceback" not in err and len(errors) == 1 and errors[0].startswith("error: "), err
+    assert message in errors[0], errors[0]
+    assert _snapshot(ws, case) == before  # nothing new, nothing rewritten, no temp dirs left behind
+
+
+def test_readme_list_forms_and_out_of_range_warning(ws, run_cli):
+    """`--coeffs -1 0 1` and `--prompt A B` (the README's form) work; a |c| past the range warns, naming it."""
+    code, out, err = run_cli("generate", "--adapter", str(ws / "adapter"), "--coeffs", "-1", "0", "2.5",
+                             "--prompt", "Tell me a fact.", "Is it raining?", "--max-new-tokens", "2")
+    assert code == 0, err
+    assert all(f"c = {c}" in out for c in ("-1", "+0", "+2.5")) and "Tell me a fact." in out and "Is it raining?" in out
+    assert "…" not in out  # piped: tables are not cut to 80 columns
+    assert "warning: --coeffs 2.5 outside the coherent range |c| <= 2" in err
+
+
+def _plain_dir_modes(path: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~mask
+    for f in path.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+
+
+def _merge_and_compare(run_cli, adapter: Path, out: Path, c: float, model, ids: torch.Tensor, steer) -> None:
+    """`innerpissa merge` at c, reload with plain transformers, and compare its logits with the steered model's."""
+    code, _, err = run_cli("merge", "--adapter", str(adapter), "--coeff", str(c), "--out", str(out))
+    assert code == 0, err
+    _plain_dir_modes(out)
+    assert "quantization_config" not in (out / "config.json").read_text()
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert not any("InnerPiSSA" in type(m).__name__ for m in plain.modules())
+    with torch.no_grad():
+        merged = plain(ids).logits
+        base = model(ids).logits
+        with steer(model, c):
+            steered = model(ids).logits
+    moved = (steered - base).abs().max().item()
+    gap = (merged - steered).abs().max().item()
+    assert moved > 1e-3 and gap < 1e-3 * moved, (moved, gap)  # the merged model is the steered one, not the base
+
+
+def test_merge_equals_steered_model_tiny(ws, run_cli, tmp_path):
+    from innerpissa.models import load_model
+    from innerpissa.steerers import load_steerer
+
+    model, _ = load_model(str(ws / "model"))
+    steerer = load_steerer(model, ws / "adapter")
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    _merge_and_compare(run_cli, ws / "adapter", tmp_path / "merged", 1.5, model, ids, steerer.steer)
+
+
+@pytest.mark.slow
+def test_merge_default_smollm2_loads_in_plain_transformers(run_cli, tmp_path):
+    """The GGUF-derived default model merges to a directory plain transformers loads, equal to steering at c."""
+    from innerpissa import adapter as A
+    from innerpissa.config import AdapterConfig
+    from innerpissa.models import load_model
+    from innerpissa.steerers.innerpissa import InnerPiSSASteerer
+
+    model, tok = load_model("smollm2-135m")
+    cfg = {"r": 8, "layers": [15], "target_modules": ["o_proj", "down_proj"]}
+    A.attach(model, AdapterConfig(**cfg))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an untrained but non-trivial adapter: random rotation generators and S scalings
+        for p in A.trainable_parameters(model):
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    steerer = InnerPiSSASteerer(adapter=cfg, model="smollm2-135m")
+    steerer.model = model
+    steerer.save(tmp_path / "adapter")
+    ids = tok("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
+    _merge_and_compare(run_cli, tmp_path / "adapter", tmp_path / "merged", 0.8, model, ids, steerer.steer)
