@@ -38,7 +38,7 @@ def headline_table(summary: dict[str, dict[str, Any]]) -> Table:
     """One row per dataset: ΔNLL, Gain, coherent range, Yes-bias controls, flips, NaNs, overlap."""
     t = Table(title="headline (|c| = 1; yes-bias controls on label-balanced dilemmas)")
     for col in ("dataset", "effect [CI]", "p", "ΔNLL", "Gain", "coherent |c|", "yes-bias-controlled", "raw shift",
-                "flips +1 fix/break", "flips −1 flip/counter", "NaN", "overlap"):
+                "flips +1 fix/break", "flips −1 flip/counter", "NaN", "overlap", "c +/− (KL +/−)"):
         t.add_column(col, justify="right")
     for name, s in summary.items():
         t.add_row(
@@ -48,6 +48,7 @@ def headline_table(summary: dict[str, dict[str, Any]]) -> Table:
             f"{_fmt(s['raw_shift'])} (p={_fmt(s['raw_shift_p'], '.2g')})",
             f"{s['flips_forward_fixed']}/{s['flips_forward_broken']}", f"{s['flips_reverse_flipped']}/{s['flips_reverse_counter']}",
             f"{s['n_nan']}/{s['n_scored']}", "not checked" if s["n_train_overlap"] is None else str(s["n_train_overlap"]),
+            f"{_fmt(s.get('coeff_pos'))}/{_fmt(s.get('coeff_neg'))} ({_fmt(s.get('kl_pos'))}/{_fmt(s.get('kl_neg'))})",
         )
     return t
 
@@ -80,8 +81,12 @@ def eval_command(
     n_boot: int = typer.Option(1000, min=10, help="bootstrap resamples of dilemmas"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
     overwrite: bool = typer.Option(False, help="replace an existing OUT run directory"),
+    kl: float | None = typer.Option(None, help="KL budget (nats/token): --coeffs become budget "
+                                    "units, ±1 = the per-sign c at which KL(base || steered) on neutral prompts equals it"),
+    kl_stat: str = typer.Option("mean", help="per-token KL statistic of the budget: mean | p95"),
 ) -> None:
     """Score a saved steerer on binary-choice datasets at several coefficients; print and save the results."""
+    from ..eval.calibrate import CalibratedSteerer, calibrate, check_stat
     from ..eval.datasets import load_dataset
     from ..io import atomic_dir
     from ..models import load_model
@@ -90,6 +95,9 @@ def eval_command(
 
     cs = check_coeffs(coeffs, need_zero=True)
     check_precision(precision)
+    check_stat(kl_stat)  # a bad --kl / --kl-stat fails before the model loads
+    if kl is not None and not 0 < kl < float("inf"):
+        raise ValueError(f"--kl must be a positive number of nats per token (e.g. --kl 0.1), got {kl}")
     out = out or Path("runs") / "eval" / adapter.resolve().name
     check_out(out, overwrite)
     names = [n.strip() for d in dataset for n in d.split(",") if n.strip()]
@@ -106,9 +114,13 @@ def eval_command(
     train, pairs_note = fitted_pairs(adapter, concept or params.get("concept"))
     m, tok = load_model(spec)
     steerer = load_steerer(m, adapter)
+    calibration = calibrate(m, tok, steerer, kl, kl_stat)  # kl None: the KL at raw c = ±1, for the record
+    if kl is not None:
+        steerer = CalibratedSteerer(steerer, calibration)
     with atomic_dir(out) as tmp:
         summary = evaluate_run(m, tok, steerer, sets, cs, tmp, seed=seed, train_pairs=train, batch_size=batch_size,
-                               max_length=max_length, limit=limit, n_boot=n_boot, precision=precision)
+                               max_length=max_length, limit=limit, n_boot=n_boot, calibration=calibration,
+                               precision=precision)
         effects = pd.read_parquet(tmp / "effects.parquet")
     cons = console()
     for name, s in summary.items():
