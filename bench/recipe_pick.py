@@ -35,7 +35,7 @@ def val_metrics(tr: Trainer) -> dict[str, float]:
     """Separation on the validation pairs with the trained adapter: projection shifts and answer-gap changes."""
     idx = list(range(len(tr.val_pairs)))
     b = tr._encode(tr.val_pairs, idx)
-    ref = tr._live_reference(b) if tr.live_ref else tr._ref_for(idx, tr.val_cache, tr.val_pairs, b.input_ids.shape[1] - 1)
+    ref = tr._live_reference(b) if tr.live_ref else tr._ref_for(idx, tr.val_cache, tr.val_pairs, tr._span(b))
     tr.ramp = 1.0
     with torch.no_grad():
         _, logged = tr.step_loss(b, ref, tr.u)

@@ -2,7 +2,7 @@
 
 A recipe is data: plain dicts of config fields, resolved onto the config classes' defaults. `seed` and
 `antipasto` keep their reference's method and loss constants but are sized for SmolLM2-135M on a small CPU
-(batch 8 without accumulation, at most 2 epochs / 120 steps with early stopping, lr scaled to match); the seed's
+(batch 8 without accumulation, at most 2 epochs / 60 steps with early stopping, lr scaled to match); the seed's
 NLL barrier covers every position, as AntiPaSTO's does (on the suffix only it did not protect unseen prompts).
 Explicit overrides (CLI, YAML, sweep params) are applied on top, so `recipe + overrides` is always what
 ran, and the recipe name plus the resolved configs are recorded with every run. What each recipe takes
@@ -56,7 +56,7 @@ RECIPES: dict[str, Recipe] = {
             adapter={"r": 128, "scale": "add", "dims": "data", "max_angle": 0.3, "layer_range": (0.3, 0.9)},
             loss={"sep_kind": "pair", "loss_layer_frac": 0.75, "last_n_tokens": 8, "coh_weight": 40.0, "tau": 0.5,
                   "coh_positions": "all", "mono_weight": 100.0, "mono_margin": 0.05},
-            train={"steps": None, "epochs": 2, "max_steps": 120, "lr": 2e-3, "weight_decay": 1e-5, "batch_size": 8,
+            train={"steps": None, "epochs": 2, "max_steps": 60, "lr": 2e-3, "weight_decay": 1e-5, "batch_size": 8,
                    "eval_every": 8, "patience": 4},
             data={"suffixes": FOUR_FILES, "system_prompt": "none"},
         ),
@@ -69,7 +69,7 @@ RECIPES: dict[str, Recipe] = {
             loss={"sep_kind": "antiparallel", "loss_layer_frac": 0.5, "last_n_tokens": 3, "adapters_before_loss": True,
                   "coh_kind": "tv", "coh_positions": "all", "tv_alpha": 0.9, "coh_weight": 10.0,
                   "mono_kind": "entropy", "mono_frac": 0.4, "mono_weight": 30.0, "warmup": 0.2},
-            train={"steps": None, "epochs": 2, "max_steps": 120, "lr": 1e-3, "batch_size": 8, "eval_every": 8,
+            train={"steps": None, "epochs": 2, "max_steps": 60, "lr": 1e-3, "batch_size": 8, "eval_every": 8,
                    "patience": 4, "grad_clip": 1.0},
             data={"suffixes": FOUR_FILES, "system_prompt": "none"},
         ),

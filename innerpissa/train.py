@@ -204,8 +204,8 @@ class Trainer:
             self.total_steps = max(1, math.ceil(train_cfg.epochs * per_epoch))
             if train_cfg.max_steps is not None:
                 self.total_steps = min(self.total_steps, train_cfg.max_steps)
-        # live reference: the barrier over every position, TV or entropy margins need the frozen model's logits
-        self.live_ref = loss_cfg.coh_positions == "all" or loss_cfg.coh_kind == "tv" or loss_cfg.mono_kind == "entropy"
+        # live reference: TV and the entropy margin need the frozen model's logits at every position (too big to cache)
+        self.live_ref = loss_cfg.coh_kind == "tv" or loss_cfg.mono_kind == "entropy"
         self.ramp = 1.0  # constraint warm-up factor of the current optimizer step (1 when validating)
 
     # ---- data ------------------------------------------------------------------------------
@@ -227,10 +227,21 @@ class Trainer:
     def _reference(self, pairs: ContrastPairs, idx: list[int]) -> _Cache:
         """Adapter-off states and NLLs for pairs `idx` (rows: chosen then rejected)."""
         b = self._encode(pairs, idx)
-        tc = _tc(b)
+        tc = self._span(b)
         with self._ctx(0.0):
             hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
-        return _Cache(hs, nll, b.completion_mask[:, -tc:].float())
+        mask = b.completion_mask[:, -tc:].float()
+        return _Cache(hs, nll, mask, None, self._coh_mask(b)[:, -tc:] if self.lcfg.coh_positions == "all" else mask)
+
+    def _span(self, b: Batch) -> int:
+        """Trailing positions the losses read: every predicted token (coherence on all positions) or the suffix."""
+        return b.input_ids.shape[1] - 1 if self.lcfg.coh_positions == "all" else _tc(b)
+
+    @staticmethod
+    def _coh_mask(b: Batch) -> torch.Tensor:
+        """[2B, T-1]: predicted tokens 1..T-1 whose token and predecessor are both real (not padding)."""
+        attn = b.attention_mask.float()
+        return attn[:, 1:] * attn[:, :-1]
 
     @torch.no_grad()
     def _live_reference(self, b: Batch) -> _Cache:
@@ -238,9 +249,8 @@ class Trainer:
         with self._ctx(0.0):
             hs, logits = forward_logits(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis)
         nll = L.token_nll(logits, b.input_ids[:, 1:])
-        attn = b.attention_mask.float()
-        coh = attn[:, 1:] * attn[:, :-1] if self.lcfg.coh_positions == "all" else b.completion_mask[:, 1:].float()
-        return _Cache(hs, nll, b.completion_mask[:, 1:].float(), logits, coh)
+        mask = b.completion_mask[:, 1:].float()
+        return _Cache(hs, nll, mask, logits, self._coh_mask(b) if self.lcfg.coh_positions == "all" else mask)
 
     def _ctx(self, c: float) -> contextlib.AbstractContextManager:
         """Steer at c (c = 0: the frozen model) in the run's precision, so reference and steered passes match."""
@@ -257,17 +267,20 @@ class Trainer:
         n = len(idx)
         rows = [cache[i] for i in idx]
         hs = torch.stack([r[0] for r in rows] + [r[3] for r in rows])
-        nll = torch.zeros(2 * n, tc, device=self.device)
-        mask = torch.zeros(2 * n, tc, device=self.device)
+        nll, mask, coh = (torch.zeros(2 * n, tc, device=self.device) for _ in range(3))
         for j, r in enumerate(rows):
-            for side, (v, m) in enumerate(((r[1], r[2]), (r[4], r[5]))):
+            for side, (v, m, h) in enumerate(((r[1], r[2], r[6]), (r[4], r[5], r[7]))):
                 k = min(tc, v.numel())
                 nll[side * n + j, tc - k:] = v[-k:]
                 mask[side * n + j, tc - k:] = m[-k:]
-        return _Cache(hs, nll, mask)
+                coh[side * n + j, tc - k:] = h[-k:]
+        return _Cache(hs, nll, mask, None, coh)
 
     def _build_cache(self, pairs: ContrastPairs, idx: list[int]) -> dict[int, tuple]:
-        """Per-pair reference tensors: (hs_cho, nll_cho, mask_cho, hs_rej, nll_rej, mask_rej)."""
+        """Per-pair reference tensors: (hs_cho, nll_cho, mask_cho, hs_rej, nll_rej, mask_rej, coh_cho, coh_rej).
+
+        The per-token rows start at the first position the coherence mask covers (the suffix, or every real
+        token with coh_positions="all"), so they are right-aligned to any later batch's span."""
         out = {}
         bs = 16
         for s in tqdm(range(0, len(idx), bs), desc="reference cache", disable=not self.progress, leave=False):
@@ -275,11 +288,12 @@ class Trainer:
             ref = self._reference(pairs, chunk)
             n = len(chunk)
             for j, i in enumerate(chunk):
-                mc, mr = ref.mask[j].bool(), ref.mask[n + j].bool()
+                mc, mr = ref.coh_mask[j].bool(), ref.coh_mask[n + j].bool()
                 start_c = int(mc.float().argmax()) if mc.any() else ref.mask.shape[1]
                 start_r = int(mr.float().argmax()) if mr.any() else ref.mask.shape[1]
                 out[i] = (ref.hs[j], ref.nll[j, start_c:], ref.mask[j, start_c:],
-                          ref.hs[n + j], ref.nll[n + j, start_r:], ref.mask[n + j, start_r:])
+                          ref.hs[n + j], ref.nll[n + j, start_r:], ref.mask[n + j, start_r:],
+                          ref.coh_mask[j, start_c:], ref.coh_mask[n + j, start_r:])
         return out
 
     # ---- loss ------------------------------------------------------------------------------
@@ -425,7 +439,7 @@ class Trainer:
         """(validation loss, mean projection shift +1 vs −1) on the validation pairs."""
         idx = list(range(len(self.val_pairs)))
         b = self._encode(self.val_pairs, idx)
-        ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.val_cache, self.val_pairs, _tc(b))
+        ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.val_cache, self.val_pairs, self._span(b))
         self.ramp = 1.0
         total, logged = self.step_loss(b, ref, u)
         return float(total), logged["shift_pos"] - logged["shift_neg"]
@@ -455,7 +469,7 @@ class Trainer:
         for k in range(self.tcfg.grad_accum):
             idx = self.batches[step * self.tcfg.grad_accum + k]
             b = self._encode(self.train_pairs, idx)
-            ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.cache, self.train_pairs, _tc(b))
+            ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.cache, self.train_pairs, self._span(b))
             self.ramp = L.warmup_factor(step, self.total_steps, self.lcfg.warmup)
             total, logged = self.step_loss(b, ref, self.u)
             (total / self.tcfg.grad_accum).backward()

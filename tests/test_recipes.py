@@ -128,3 +128,21 @@ def test_cli_records_the_recipe_and_writes_the_loss_curve(run_cli, tmp_path):
     assert code == 2 and "unknown recipe 'nope'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
     assert DEFAULT_RECIPE in RECIPES
+
+
+def test_every_position_reference_is_cached_exactly():
+    """coh_positions='all' with the NLL barrier uses the cache: the cached per-token NLL and coherence mask of
+    a batch equal a fresh frozen-model pass over every position (prompt included, padding excluded)."""
+    tr, va = make_pairs(load_concept("honesty"))
+    model, tok = tiny_model()
+    t = Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8, coh_positions="all"),
+                TrainConfig(**{**SMALL_T, "steps": 2}), progress=False)
+    assert not t.live_ref
+    t.prepare()
+    idx = t.batches[0]
+    b = t._encode(t.train_pairs, idx)
+    cached, fresh = t._ref_for(idx, t.cache, t.train_pairs, t._span(b)), t._live_reference(b)
+    assert cached.nll.shape == fresh.nll.shape == (len(b), b.input_ids.shape[1] - 1)
+    assert torch.equal(cached.coh_mask, fresh.coh_mask) and torch.equal(cached.mask, fresh.mask)
+    assert cached.coh_mask.sum() > cached.mask.sum()  # the prompt tokens are covered, not only the suffix
+    assert torch.allclose(cached.nll * cached.coh_mask, fresh.nll * fresh.coh_mask, atol=1e-5)
