@@ -153,10 +153,12 @@ def test_side_effects_and_nan_rows() -> None:
     t = paired(30, lambda lab, c, d, k, rng: lab * (2 * c + 0.2 * rng.normal()), dims=("t", "side"), seed=2)
     noise = np.random.default_rng(3).normal(size=len(t))
     t["label:null"] = np.sign(noise)  # labels independent of the (label:t-signed) effect
-    t.loc[t.index[::7], "logratio"] = np.nan
+    t.loc[t.index[::23], "logratio"] = np.nan  # 8 rows in 8 dilemmas: those dilemmas leave every dim's slope
     e = effects_by_dim(t, n_boot=500).set_index("dim")
     s = summarize(t, "t", n_boot=500, effects=effects_by_dim(t, n_boot=500))
-    fin = t[t["logratio"].notna()]
+    hit = t.loc[t["logratio"].isna(), "dilemma_id"].unique()
+    fin = t[~t["dilemma_id"].isin(hit)]
+    assert s["n_dilemmas_dropped"] == len(hit) == 8 and s["n_dilemmas"] == 22
     for dim in ("t", "side", "null"):
         ref = stats.linregress(fin["coeff"], fin[f"label:{dim}"] * fin["logratio"]).slope
         assert e.loc[dim, "effect"] == pytest.approx(ref, abs=1e-12)

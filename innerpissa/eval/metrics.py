@@ -17,7 +17,12 @@ alpha. The bootstrap resamples dilemmas within each stratum. A dim found on one 
 separated from an action bias and gets NaN. Tables without a `side` column have one stratum (the plain
 pooled slope). `action_bias` (see `action_bias`) reports alpha's label-free counterpart.
 
-Rows with NaN log-ratio (low pmass) are dropped.
+Low pmass (NaN log-ratio, the model not answering): a dilemma enters a dim's statistics only if every one of
+its labelled rows has a finite log-ratio at every scored c (`answered`); the others are dropped at every c and
+counted (`n_dilemmas_dropped`). Dropping just the (row, c) would leave the other row of that dilemma unpaired
+at that c, so a pure Yes-shift would no longer cancel, and would weigh the dilemma's offset unevenly across c
+when steering changes pmass; both bias the slope. The effect is then "over the dilemmas the model answers at
+every scored c".
 """
 
 from __future__ import annotations
@@ -52,11 +57,21 @@ def _label_col(table: pd.DataFrame, dim: str) -> str:
     return col
 
 
+def answered(rows: pd.DataFrame, n_coeffs: int) -> tuple[pd.DataFrame, int]:
+    """The low-pmass policy (module docstring): (rows of the dilemmas whose every row has a finite log-ratio at
+    all `n_coeffs` scored c, number of dilemmas dropped). A row missing at some c counts as not answered."""
+    finite = pd.Series(np.isfinite(rows["logratio"].to_numpy(float)), index=rows.index)
+    per_row = finite.groupby([rows["dilemma_id"], rows["row_id"]]).sum() == n_coeffs
+    keep = per_row.groupby(level=0).all()
+    return rows[rows["dilemma_id"].map(keep).fillna(False).astype(bool)], int((~keep).sum())
+
+
 def signed(table: pd.DataFrame, dim: str) -> pd.DataFrame:
-    """Rows labelled for `dim` with a finite log-ratio: row_id, dilemma_id, coeff, label, logratio, y."""
+    """Rows labelled for `dim` of the dilemmas answered at every c (`answered`): row_id, dilemma_id, coeff, label,
+    logratio, y."""
     col = _label_col(table, dim)
-    keep = table[col].notna() & np.isfinite(table["logratio"])
-    out = table.loc[keep, ["row_id", "dilemma_id", "coeff", "logratio", col]].rename(columns={col: "label"})
+    rows, _ = answered(table[table[col].notna()], table["coeff"].nunique())
+    out = rows[["row_id", "dilemma_id", "coeff", "logratio", col]].rename(columns={col: "label"})
     return out.assign(y=out["label"] * out["logratio"])
 
 
@@ -301,7 +316,8 @@ def summarize(
     flips_forward_fixed / flips_forward_broken: target rows wrong at c = 0 and right at +c_ref / the
       reverse; flips_reverse_flipped / flips_reverse_counter: rows right at 0 and wrong at -c_ref
       (moved as intended) / wrong at 0 and right at -c_ref (moved against the intent);
-    n_nan: NaN log-ratios (pmass below threshold) in the whole slice; n_scored: rows of the slice.
+    n_nan: NaN log-ratios (pmass below threshold) in the whole slice; n_scored: rows of the slice;
+    n_dilemmas_dropped: target-labelled dilemmas left out because some row was not answered at some c.
     """
     _check_slice(table)
     _label_col(table, target_dim)
@@ -340,6 +356,8 @@ def summarize(
     out.update(flips_forward_fixed=fixed, flips_forward_broken=broken,
                flips_reverse_flipped=flipped, flips_reverse_counter=counter)
     out.update(n_nan=int(table["logratio"].isna().sum()), n_scored=len(table))
+    col = _label_col(table, target_dim)
+    out["n_dilemmas_dropped"] = answered(table[table[col].notna()], table["coeff"].nunique())[1]
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in out.items()}
 
 
