@@ -78,7 +78,7 @@ def test_calibration_hits_the_budget_on_a_tiny_model(tiny, stat, budget):
     # in budget units, ±1 is the calibrated coefficient and 0 the base model
     unit = CalibratedSteerer(st, cal)
     meter = KLMeter(model, tok, unit, neutral_prompts(4), 8)
-    assert meter.measure(0.0)["kl_mean"] == 0.0
+    assert meter.measure(0.0)["kl_mean"] < 1e-6  # KV-cached generation logits vs a full forward: float noise only
     assert abs(meter.measure(1.0)[f"kl_{stat}"] - cal.kl_pos) < 1e-4
 
 
