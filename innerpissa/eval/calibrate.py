@@ -11,9 +11,10 @@ per step). Prompt-based methods fit the same frame: the base model reads
 `messages(m, 0)` + continuation, the steered one `messages(m, c)` + continuation, and only continuation
 positions are compared. The statistic over all positions is their mean or 95th percentile.
 
-Solver (`solve_coeff`): per sign, start at |c| = 1, then move on log|c|: while the budget is not bracketed, jump by
-the slope-2 law KL ≈ a·c² (clamped to ×16 per step); once bracketed, interpolate in (log|c|, log KL), kept in the
-inner 80 % of the bracket so it always shrinks. Steering-lite calibrates one sign with a log-log Illinois secant,
+Solver (`solve_coeff`): per sign, start at |c| = 1, then move on log|c|: while the budget is not bracketed, step
+along the log-log slope of the last two points (2 at first, the small-c law KL ≈ a·c²; at most ×16 per step);
+once bracketed, interpolate in (log|c|, log KL) inside the inner 90 % of the bracket, bisecting geometrically
+whenever one end has stayed put twice, so the bracket always shrinks. Steering-lite calibrates one sign with a log-log Illinois secant,
 one prompt at a time; here both signs (the second starting from the first's answer), every prompt in one batch.
 """
 
