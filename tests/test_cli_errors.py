@@ -94,12 +94,14 @@ def _unfinished_truncated(d: Path) -> None:
     _truncate("checkpoint/checkpoint.safetensors", 100)(d)
 
 
-GEN = ["generate", "--adapter", "{adapter}", "--prompt", "hi"]
-EVAL = ["eval", "--adapter", "{adapter}", "--out", "{case}/e"]
+GEN = ["generate", "--adapter", "{adapter}", "--max-new-tokens", "2", "--prompt", "hi"]
+EVAL = ["eval", "--adapter", "{adapter}", "--limit", "2", "--n-boot", "10", "--out", "{case}/e"]
 MERGE = ["merge", "--adapter", "{adapter}", "--out", "{case}/m"]
 TRAIN = ["train", "--model", "{model}", "--out", "{case}/o"]
-COMPARE = ["compare", "--model", "{model}", "--methods", "prompt", "--root", "{case}/r", "--out", "{case}/o"]
+COMPARE = ["compare", "--model", "{model}", "--methods", "prompt", "--eval-limit", "2", "--root", "{case}/r",
+           "--out", "{case}/o"]
 SWEEP = ["sweep", "{case}/s.yaml", "--root", "{case}/r"]
+SPEC = "model: tiny-llama\neval_limit: 2\nmethod: prompt\n"  # should a check regress, the run stays tiny
 
 CASES = [  # (id, setup or None, args, what the error line must say)
     # usage errors from typer/click (were 30-50-line tracebacks, exit 1)
@@ -133,7 +135,7 @@ CASES = [  # (id, setup or None, args, what the error line must say)
     ("merge-nan", None, [*MERGE, "--coeff", "nan"], "--coeff nan: coefficients must be finite"),
     ("merge-nonfinite-weights", None, [*MERGE, "--coeff", "1e6"], "refusing to write the merged model at c=1e+06"),
     ("compare-inf", None, [*COMPARE, "--coeffs", "-1", "0", "inf"], "--coeffs inf: coefficients must be finite"),
-    ("sweep-nan", _file("s.yaml", "method: prompt\ncoeffs: [-1, 0, .nan]\n"), SWEEP, "must be finite numbers"),
+    ("sweep-nan", _file("s.yaml", SPEC + "coeffs: [-1, 0, .nan]\n"), SWEEP, "must be finite numbers"),
     # existing outputs
     ("eval-out-exists", _existing_out, [*EVAL[:-1], "{case}/out"], "out already exists; pass --overwrite"),
     ("merge-out-exists", _existing_out, [*MERGE[:-1], "{case}/out", "--coeff", "1"], "out already exists; pass --overwrite"),
@@ -155,8 +157,8 @@ CASES = [  # (id, setup or None, args, what the error line must say)
     ("compare-unknown-dataset", None, [*COMPARE, "--datasets", "nope"], "unknown dataset 'nope'"),
     ("sweep-empty", _file("s.yaml", ""), SWEEP, "s.yaml is empty"),
     ("sweep-yaml-syntax", _file("s.yaml", "method: [\n"), SWEEP, "s.yaml: YAML syntax error"),
-    ("sweep-unknown-dataset", _file("s.yaml", "method: prompt\ndatasets: [nope]\n"), SWEEP, "unknown dataset 'nope'"),
-    ("sweep-negative-cpus", _file("s.yaml", "method: prompt\n"), [*SWEEP, "--cpus-per-run", "-1"],
+    ("sweep-unknown-dataset", _file("s.yaml", SPEC + "datasets: [nope]\n"), SWEEP, "unknown dataset 'nope'"),
+    ("sweep-negative-cpus", _file("s.yaml", SPEC), [*SWEEP, "--cpus-per-run", "-1"],
      "Invalid value for '--cpus-per-run'"),
     ("missing-model-dir", None, ["train", "--model", "./no/such/model", "--out", "{case}/o"],
      "model directory not found: ./no/such/model"),

@@ -104,12 +104,12 @@ class RunConfig(BaseModel):
     @field_validator("coeffs")
     @classmethod
     def _has_zero(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(math.isfinite(c) for c in v):
+            raise ValueError(f"coeffs {list(v)} must be finite numbers")
         if 0.0 not in v:
             raise ValueError(f"coeffs {list(v)} must include 0 (the unsteered baseline for ΔNLL and flips)")
         return tuple(sorted(set(v)))
 
-        if not all(math.isfinite(c) for c in v):
-            raise ValueError(f"coeffs {list(v)} must be finite numbers")
     @model_validator(mode="after")
     def _check_params(self) -> "RunConfig":
         if self.method in TRAINED:
