@@ -102,6 +102,7 @@ def test_cli_eval_end_to_end(run_cli, saved) -> None:
                              "--concept", "honesty", "--n-boot", "20", "--out", str(out))
     assert code == 0, err
     assert "Value/honesty (target)" in stdout and "Gain" in stdout and "wrote" in stdout
+    assert "flips −1 flip/counter" in stdout and "…" not in stdout  # piped: the headline table is not cut at 80
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dd-honesty"]["n_questions"] == 6 and summary["dd-honesty"]["n_train_overlap"] == 0
     assert sorted(pd.read_parquet(out / "scores.parquet")["coeff"].unique()) == [-2.0, -1.0, 0.0, 1.0, 2.0]
