@@ -142,6 +142,8 @@ def test_fit_steer_save_reload(variant, tmp_path):
         assert torch.allclose(fresh(IDS).logits, plus, atol=1e-6)
     with pytest.raises(ValueError, match="another model"):
         again.steer(model, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        again.steer(fresh, float("nan")).__enter__()
     other, _ = tiny_model("qwen2", seed=1)
     with pytest.raises(AdapterMismatchError, match="trained on base model"):
         load_steerer(other, tmp_path)

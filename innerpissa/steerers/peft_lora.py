@@ -32,15 +32,17 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import Linear as PeftLoraLinear
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapter.model import AdapterMismatchError, _layers_prefix, fingerprint, linear_names, replace_module
 from ..concepts import ContrastPairs
 from ..config import LossConfig, TrainConfig, parse_section
-from ..io import atomic_save_tensors, load_tensors
+from ..io import atomic_save_tensors
 from ..models import decoder_layers, model_id, select_layers
 from ..train import TrainResult, Trainer
+from ._addition import check_coeff
 from .base import Messages, save_meta
 from .innerpissa import split_val
 
@@ -141,7 +143,7 @@ class PeftTrainable:
         if not self._layers:
             raise ValueError("LoRA-family steerer has no layers on this model: fit or load it first")
         prev = self.coeff
-        self._apply(c)
+        self._apply(check_coeff(c))
         try:
             yield
         finally:
@@ -231,7 +233,7 @@ class PeftSteerer:
     def load(self, model: PreTrainedModel, path: Path) -> None:
         """Rebuild the layers with the same seeded init (so W'(θ₀) and PiSSA's A₀, B₀ match), then load θ."""
         file = Path(path) / "steerer.safetensors"
-        tensors = load_tensors(file)
+        tensors = load_file(str(file))
         check_base(model, file, self.name)
         self.handle = self._handle(model)
         self.handle.attach()
