@@ -135,7 +135,8 @@ def train(
     negative: str | None = typer.Option(None, help="with --positive: the contrasting word, e.g. dishonest"),
     model: str = typer.Option("smollm2-135m", help="smollm2-135m, a .gguf file, a model dir or a HF id"),
     out: Path = typer.Option(Path("runs/honesty"), help="output directory for the adapter"),
-    config: Path | None = typer.Option(None, help="YAML with `adapter:`, `loss:`, `train:` overrides"),
+    config: Path | None = typer.Option(None, help="YAML with `recipe:` and `adapter:`, `loss:`, `train:` overrides"),
+    recipe: str | None = typer.Option(None, help="named preset (reprpo-v0, seed, antipasto; overrides the config's)"),
     steps: int | None = typer.Option(None, help="optimizer steps (overrides config)"),
     seed: int | None = typer.Option(None, help="random seed (overrides config)"),
     resume: bool = typer.Option(False, help="continue from the checkpoint in OUT/checkpoint"),
@@ -148,6 +149,8 @@ def train(
     from .config import AdapterConfig, LossConfig, TrainConfig, parse_section
     from .io import atomic_write_json, read_yaml
     from .models import load_model
+    from .experiments.figures import loss_curve
+    from .recipes import DEFAULT_RECIPE, get_recipe
     from .steerers.innerpissa import InnerPiSSASteerer
 
     overrides: dict = {}
@@ -157,9 +160,11 @@ def train(
         overrides = read_yaml(config) or {}
         if not isinstance(overrides, dict) or not all(isinstance(v or {}, dict) for k, v in overrides.items() if k != "recipe"):
             raise UserError(f"{config}: expected sections of `field: value` mappings, e.g. `train: {{steps: 40}}`")
-        unknown = set(overrides) - {"adapter", "loss", "train"}
+        unknown = set(overrides) - {"recipe", "adapter", "loss", "train"}
         if unknown:
-            raise UserError(f"{config}: unknown sections {sorted(unknown)}; use adapter, loss, train")
+            raise UserError(f"{config}: unknown sections {sorted(unknown)}; use recipe, adapter, loss, train")
+    recipe = recipe or overrides.get("recipe") or DEFAULT_RECIPE
+    get_recipe(recipe)  # an unknown name: one line listing the recipes
     tr = dict(overrides.get("train", {}))
     if steps is not None:
         tr["steps"] = steps
@@ -173,14 +178,15 @@ def train(
     if (positive is None) != (negative is None) or (positive is not None and concept is not None):
         raise UserError("give --concept NAME_OR_YAML, or both --positive WORD and --negative WORD (not both forms)")
     spec = concept_from_words(positive, negative) if positive is not None else load_concept(concept or "honesty")
-    steerer = InnerPiSSASteerer(**sections, model=model, concept=concept or spec.name)
-    train_pairs, val_pairs = fit_pairs(spec)  # the sweep's pairs too: split by PAIR_SEED, not --seed
+    steerer = InnerPiSSASteerer(recipe, **sections, model=model, concept=concept or spec.name)
+    train_pairs, val_pairs = fit_pairs(spec, recipe=recipe)  # the sweep's pairs too: split by PAIR_SEED, not --seed
     _check_train_out(out, resume, overwrite)
     m, tok = load_model(model)
     ckpt = out / "checkpoint"
     steerer.fit(m, tok, train_pairs, val_pairs, ckpt_dir=ckpt, resume=resume)
     steerer.save(out)
-    atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs))  # for eval's leakage check
+    atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs, recipe=recipe))  # for eval's leakage check
+    loss_curve(steerer.result.history, out / "loss_curve.png")
     r = steerer.result
     typer.echo(
         f"saved adapter to {out} (best val step {r.best_step}, val shift +1 vs -1 = {r.val_shift:.3f}"

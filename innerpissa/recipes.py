@@ -50,6 +50,12 @@ RECIPES: dict[str, Recipe] = {
             train={"steps": 24},
         ),
         Recipe(
+            name="reprpo-conv",
+            description="the reprpo-v0 objective trained to convergence: up to 3 epochs / 120 steps, validated "
+                        "every 8 steps, early stopping after 3 validations without improvement",
+            train={"steps": None, "epochs": 3, "max_steps": 120, "eval_every": 8, "patience": 3},
+        ),
+        Recipe(
             name="seed",
             description="the seed code's method: per-pair separation with a full reversal at c = -1, additive S, "
                         "data-aware dims, strong NLL barrier and monotonic hinge, epochs with early stopping",

@@ -79,6 +79,9 @@ def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(effects) == 2 and effects[0] != effects[1]
     assert table.loc["random", "effect"] == pytest.approx(np.mean(effects))
     assert "1 seed" in (out / "table1_dd-honesty.md").read_text()
+    for h in info["runs"]:  # every run carries its positive control on the held-out pairs
+        ctl = json.loads((root / "runs" / h / "control.json").read_text())
+        assert ctl["n_suffixes"] >= 2 and -1 <= ctl["score"] <= 1
 
     # rerun: every run is complete, so nothing is fitted or evaluated again
     counters.update(fit=0, eval=0)

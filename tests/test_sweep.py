@@ -60,7 +60,12 @@ def test_expand_counts_and_stable_hashes(tmp_path: Path) -> None:
     assert hashes == [c.content_hash() for c in expand(load_spec(_spec(tmp_path, spec)))]  # same order, same hashes
     # the hash is the sha256 of the canonical JSON: recompute it independently
     c = cfgs[5]
-    assert c.content_hash() == hashlib.sha256(json.dumps(c.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    d = {k: v for k, v in c.model_dump(mode="json").items() if c.kl is not None or k not in ("kl", "kl_stat")}
+    if c.precision == "auto":  # `auto` is not hashed (like the device)
+        del d["precision"]
+    if c.method == "innerpissa":  # plus the recipe resolved onto the config defaults
+        d["resolved"] = c.resolved_configs()
+    assert c.content_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
     # and is independent of key order inside params
     p = c.params
     shuffled = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(p.items()))}
@@ -395,3 +400,15 @@ def test_samples_are_steered_generations(tmp_path: Path, concept, shift_steerer)
     by_c = samples.groupby("coeff")["completion"].apply(tuple)
     assert by_c[1.0] != by_c[0.0] or by_c[-1.0] != by_c[0.0]  # steering changed some greedy completion
     assert len(scores) == 3 * 6
+
+
+def test_editing_a_recipe_changes_the_fit_and_run_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached fit must never be reused after its recipe (or a config default) changed."""
+    from innerpissa import recipes
+
+    cfg = RunConfig(method="innerpissa", params={"recipe": "reprpo-v0"})
+    before = (cfg.fit_hash(), cfg.content_hash())
+    edited = recipes.RECIPES["reprpo-v0"].model_copy(update={"train": {"steps": 25}})
+    monkeypatch.setitem(recipes.RECIPES, "reprpo-v0", edited)
+    after = (cfg.fit_hash(), cfg.content_hash())
+    assert before[0] != after[0] and before[1] != after[1]

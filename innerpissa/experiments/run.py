@@ -38,6 +38,7 @@ from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
+from ..recipes import DEFAULT_RECIPE, get_recipe
 from ..models import DEFAULT_MODEL, load_model, tensors_sha256
 from ..eval.calibrate import Calibration, CalibratedSteerer, calibrate
 from ..steerers import Steerer
@@ -65,6 +66,9 @@ def check_trained_params(method: str, params: dict[str, Any]) -> None:
     sections = {k: v for k, v in TRAINED_SECTIONS.items() if k != "adapter" or method not in PEFT_METHODS}
     for key, sub in params.items():
         if key in flat:
+            continue
+        if key == "recipe" and method == "innerpissa":
+            get_recipe(sub)  # an unknown name raises, listing the recipes
             continue
         cls = sections.get(key)
         if cls is None:
@@ -124,7 +128,24 @@ class RunConfig(BaseModel):
             d = {k: v for k, v in d.items() if k not in ("kl", "kl_stat")}
         if d["precision"] == "auto":  # like the device, `auto` is not hashed: runs made before it still match
             del d["precision"]
+        if self.method == "innerpissa":
+            d["resolved"] = self.resolved_configs()
         return _hash(d, n)
+
+    def resolved_configs(self) -> dict[str, Any]:
+        """InnerPiSSA's recipe resolved onto the config defaults: part of both hashes, so editing a recipe or a
+        default can never reuse a fit or a run made with the old one."""
+        from ..recipes import resolve
+
+        p = self.steerer_params()
+        cfgs = resolve(self.recipe(), p.get("adapter"), p.get("loss"), p.get("train"))
+        return {name: c.model_dump(mode="json") for name, c in zip(("adapter", "loss", "train"), cfgs)}
+
+    def recipe(self) -> str | None:
+        """The InnerPiSSA recipe this run fits with (its data overrides shape the pairs), None for other methods."""
+        if self.method != "innerpissa":
+            return None
+        return self.params.get("recipe") or DEFAULT_RECIPE
 
     def steerer_params(self) -> dict[str, Any]:
         """Constructor kwargs for the steerer: `params` with the seed injected where the method uses one."""
@@ -138,6 +159,8 @@ class RunConfig(BaseModel):
     def fit_key(self) -> dict[str, Any]:
         """The fit-relevant fields: two runs with equal keys share one fitted steerer."""
         key = {"model": self.model, "concept": self.concept, "method": self.method, "params": self.steerer_params()}
+        if self.method == "innerpissa":
+            key["resolved"] = self.resolved_configs()
         return key if self.n_pairs is None else {**key, "n_pairs": self.n_pairs}
 
     def fit_hash(self, n: int = 12) -> str:
@@ -214,7 +237,7 @@ def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerB
     try:
         tmp.mkdir(parents=True)
         steerer.save(tmp)
-        atomic_write_json(tmp / PAIRS_FILE, pairs_record(cfg.concept, train, val, cfg.n_pairs))
+        atomic_write_json(tmp / PAIRS_FILE, pairs_record(cfg.concept, train, val, cfg.n_pairs, recipe=cfg.recipe()))
         atomic_write_json(tmp / "fit.json", info)
         atomic_write_text(tmp / "DONE", "")
         os.rename(tmp, fdir)
@@ -270,6 +293,15 @@ def write_samples(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokeniz
     atomic_write_json(out / "samples.json", table.to_dict(orient="records"))
 
 
+def write_control(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, val: ContrastPairs,
+                  seed: int, out: Path) -> None:
+    """The positive control (`eval.control`) on the held-out validation pairs at c = ±1 (run units) -> control.json."""
+    from ..eval.control import positive_control
+    from .evaluate import _clean
+
+    atomic_write_json(out / "control.json", _clean(positive_control(model, tok, steerer, val, seed=seed)))
+
+
 def run_one(cfg: RunConfig, root: Path) -> Path:
     """Fit (or reuse) the steerer, evaluate it, and write ROOT/runs/<hash>/ ending with DONE; returns the dir.
 
@@ -288,11 +320,12 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
     t0 = time.perf_counter()
     try:
         model, tok = load_cached(cfg.model)
-        train, val = fit_pairs(cfg.concept, cfg.n_pairs)
+        train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
         steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
         calibration = calibrate_cached(cfg, model, tok, steerer, root)
         if cfg.kl is not None:  # coefficients are budget units from here on
             steerer = CalibratedSteerer(steerer, calibration)
+        write_control(model, tok, steerer, val, cfg.seed, out)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed, calibration=calibration,
                      train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min,

@@ -32,14 +32,13 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import Linear as PeftLoraLinear
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..adapter.model import AdapterMismatchError, _layers_prefix, fingerprint, linear_names, replace_module
 from ..concepts import ContrastPairs
 from ..config import LossConfig, TrainConfig, parse_section
-from ..io import atomic_save_tensors
+from ..io import atomic_save_tensors, load_tensors
 from ..models import decoder_layers, model_id, select_layers
 from ..train import TrainResult, Trainer
 from ._addition import check_coeff
@@ -233,7 +232,7 @@ class PeftSteerer:
     def load(self, model: PreTrainedModel, path: Path) -> None:
         """Rebuild the layers with the same seeded init (so W'(θ₀) and PiSSA's A₀, B₀ match), then load θ."""
         file = Path(path) / "steerer.safetensors"
-        tensors = load_file(str(file))
+        tensors = load_tensors(file)
         check_base(model, file, self.name)
         self.handle = self._handle(model)
         self.handle.attach()

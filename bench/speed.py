@@ -1,0 +1,304 @@
+"""bf16 vs fp32 and the inference cost of steering, on SmolLM2-135M -> bench/results/speed.json.
+
+  flock /tmp/innerpissa-heavy.lock python bench/speed.py [--eval-rows 64] [--steps 8] [--reps 2]
+
+All ratios come from one process on one machine, with the compared variants interleaved rep by rep so
+that load from other processes hits them alike (the load average is recorded at start and end):
+- bf16_step_ratio: one optimizer step (8 pairs, c = ±1, default config) in bf16 ÷ fp32, the same batch;
+- eval throughput (real tokens/s) of `forward_scores` ÷ a bare full-logits forward, same batches, per precision;
+- bf16_eval_ratio: wall time of scoring a fixed dd-honesty subset (whole dilemmas) × 3 coefficients with a
+  trained InnerPiSSA adapter, bf16 ÷ fp32 (the full 674-question set is too slow for a shared 2-core machine);
+- the effect estimate (slope, bootstrap CI) of that adapter on that subset in fp32 and in bf16, and of an
+  adapter trained *and* scored in bf16;
+- greedy generation tokens/s steered at c = 1 ÷ the base model: InnerPiSSA unmerged and merged, every
+  activation-addition baseline's hooks, prompting (longer prompt), LoRA (peft layers);
+- a per-phase profile: tokenisation, reference cache, train step (and its top ops), eval forward, prompt NLL,
+  the Cayley solves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
+
+from innerpissa import adapter as A  # noqa: E402
+from innerpissa.concepts import load_concept, make_pairs  # noqa: E402
+from innerpissa.config import AdapterConfig, LossConfig, TrainConfig  # noqa: E402
+from innerpissa.eval.datasets import limit_rows, load_dataset  # noqa: E402
+from innerpissa.eval.metrics import summarize  # noqa: E402
+from innerpissa.eval.score import answer_ids, forward_scores, make_batches, score  # noqa: E402
+from innerpissa.models import load_model  # noqa: E402
+from innerpissa.precision import autocast, cpu_flags, cpu_has_bf16, resolve  # noqa: E402
+from innerpissa.steerers import get_steerer  # noqa: E402
+from innerpissa.steerers.innerpissa import InnerPiSSASteerer  # noqa: E402
+from innerpissa.train import Trainer  # noqa: E402
+
+PRECS = ("fp32", "bf16")
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "bf16")
+GEN_PROMPTS = ["Did you eat the last cookie?", "Tell me about your weekend.",
+               "Should I tell my boss about the mistake?", "What is the capital of France?"]
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    """Wall times of each fn, one warm-up each, then `reps` rounds calling every fn once per round."""
+    for fn in fns.values():
+        fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t)
+    return out
+
+
+def med(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+def top_ops(fn: Callable[[], object], n: int = 8) -> list[dict]:
+    """The `n` ops with the most self CPU time in one call of fn (torch.profiler)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ev) or 1
+    return [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3), "share": round(e.self_cpu_time_total / total, 3)}
+            for e in ev[:n]]
+
+
+def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
+    """bf16 vs fp32 optimizer step on the same batch; reference-cache time per precision; top ops of a bf16 step."""
+    trainers, ref_s = {}, {}
+    for p in PRECS:  # both share the one adapter (the second attach sees it); each has its own cache and optimizer
+        tr = Trainer(model, tok, *pairs, AdapterConfig(), LossConfig(), TrainConfig(steps=2, n_val=8, precision=p, schedule="constant"),
+                     progress=False)
+        t = time.perf_counter()
+        tr.prepare()
+        ref_s[p] = time.perf_counter() - t
+        trainers[p] = tr
+    times = interleaved({p: (lambda tr=tr: tr.optimizer_step(0)) for p, tr in trainers.items()}, reps)
+    n_ref = len({i for b in trainers["fp32"].batches for i in b}) + len(trainers["fp32"].val_pairs)
+    out = {"batch_pairs": TrainConfig().batch_size, "step_seconds": times,
+           "bf16_step_ratio": med(times["bf16"]) / med(times["fp32"])}
+    phases = {"reference_cache_s": {"pairs": n_ref, **ref_s}, "train_step_s": {p: med(v) for p, v in times.items()},
+              "train_step_top_ops_bf16": top_ops(lambda: trainers["bf16"].optimizer_step(0))}
+    layers = list(A.adapter_layers(model).values())
+    t = time.perf_counter()
+    with torch.no_grad():
+        for layer in layers:
+            layer.core_delta(1.0)
+    phases["cayley_core_all_layers_s"] = {"layers": len(layers), "seconds": time.perf_counter() - t}
+    A.remove(model)
+    return out, phases
+
+
+def eval_section(model, tok, reps: int, n_batches: int) -> tuple[dict, dict]:
+    """Tokens/s of bare (full logits), last-only, eval (NLL stride 1 and 2) per precision, interleaved."""
+    es = load_dataset("dd-honesty")
+    rows = es.rows
+    ids = answer_ids(tok, list(rows["choice_pos"]) + list(rows["choice_neg"]))
+    t = time.perf_counter()
+    batches, _ = make_batches(tok, list(rows["messages"]), 16, 512)
+    tokenise_s = time.perf_counter() - t
+    pick = np.unique(np.linspace(0, len(batches) - 1, n_batches).round().astype(int))
+    chosen = [batches[i] for i in pick]
+    n_tok = int(sum(b.attention_mask.sum() for _, b in chosen))
+
+    def run(p: str, kind: str) -> Callable[[], None]:
+        def fn() -> None:
+            with torch.no_grad(), autocast(p, model.device):
+                for idx, b in chosen:
+                    if kind == "bare":
+                        model(**b.model_inputs())
+                    elif kind == "last":
+                        model(**b.model_inputs(), logits_to_keep=1)
+                    else:
+                        forward_scores(model, b, [ids[w] for w in rows["choice_pos"].iloc[idx]],
+                                       [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride=int(kind[-1]))
+        return fn
+
+    fns = {f"{p}/{k}": run(p, k) for p in PRECS for k in ("bare", "last", "eval_stride1", "eval_stride2")}
+    times = interleaved(fns, reps)
+    tps = {k: n_tok / med(v) for k, v in times.items()}
+    out = {"n_batches": len(chosen), "batch_indices": pick.tolist(), "tokens": n_tok, "seconds": times, "tokens_per_s": tps}
+    for p in PRECS:
+        out[f"eval_vs_bare_{p}"] = tps[f"{p}/eval_stride2"] / tps[f"{p}/bare"]
+        out[f"eval_stride1_vs_bare_{p}"] = tps[f"{p}/eval_stride1"] / tps[f"{p}/bare"]
+    out["bf16_forward_ratio"] = med(times["bf16/bare"]) / med(times["fp32/bare"])
+    phases = {"tokenise_dd_honesty_s": {"rows": len(rows), "seconds": tokenise_s},
+              "eval_forward_last_only_s": {p: med(times[f"{p}/last"]) for p in PRECS},
+              "prompt_nll_stride2_s": {p: med(times[f"{p}/eval_stride2"]) - med(times[f"{p}/last"]) for p in PRECS},
+              "prompt_nll_stride1_s": {p: med(times[f"{p}/eval_stride1"]) - med(times[f"{p}/last"]) for p in PRECS},
+              "eval_top_ops_bf16": top_ops(run("bf16", "eval_stride2"))}
+    return out, phases
+
+
+def effect_section(model, tok, pairs, steps: int, n_rows: int) -> dict:
+    """Train fp32 and bf16 adapters, score a fixed dd-honesty subset × 3 coefficients, effects with CIs."""
+    es = limit_rows(load_dataset("dd-honesty"), n_rows, seed=0)
+    out: dict = {"dataset": "dd-honesty", "rows": len(es), "coeffs": [-1.0, 0.0, 1.0], "train_steps": steps,
+                 "note": f"fixed subset of {len(es)} of 674 rows (whole dilemmas, seed 0): the full set x 3 coefficients "
+                         "in both precisions does not fit a ~15 min bench on a shared 2-core machine"}
+    steerers = {}
+    for p in PRECS:
+        st = InnerPiSSASteerer(train={"steps": steps, "precision": p})
+        t = time.perf_counter()
+        st.fit(model, tok, *pairs, progress=False)
+        out[f"train_{p}_s"] = time.perf_counter() - t
+        steerers[p] = (st, {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[-1] in ("P_v", "P_u", "lam")})
+        A.remove(model)
+    wall = {}
+    for train_p, eval_p in (("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "bf16")):
+        st, params = steerers[train_p]
+        A.attach(model, st.adapter_cfg)
+        model.load_state_dict(params, strict=False)
+        t = time.perf_counter()
+        table = score(model, tok, st, es, [-1.0, 0.0, 1.0], progress=False, precision=eval_p)
+        wall[f"{train_p}_adapter/{eval_p}_eval"] = time.perf_counter() - t
+        s = summarize(table, es.target_dim, 1000, 0)
+        out[f"effect_{train_p}_train_{eval_p}_eval"] = {k: s[k] for k in ("effect", "ci_low", "ci_high", "p", "dnll")}
+        A.remove(model)
+    out["eval_wall_s"] = wall
+    out["bf16_eval_ratio"] = wall["fp32_adapter/bf16_eval"] / wall["fp32_adapter/fp32_eval"]
+    f, b = out["effect_fp32_train_fp32_eval"], out["effect_fp32_train_bf16_eval"]
+    out["bf16_eval_effect_within_fp32_ci"] = bool(f["ci_low"] <= b["effect"] <= f["ci_high"])
+    bb = out["effect_bf16_train_bf16_eval"]
+    out["bf16_run_effect_within_fp32_ci"] = bool(f["ci_low"] <= bb["effect"] <= f["ci_high"])
+    return out
+
+
+def gen_section(model, tok, pairs, reps: int, new_tokens: int) -> dict:
+    """Greedy generation tokens/s at c = 1 ÷ the base model, per steering method; InnerPiSSA in both precisions."""
+    from innerpissa.batching import encode
+
+    def gen_fn(steerer, c: float, p: str, m=model) -> Callable[[], None]:
+        convs = [steerer.messages([{"role": "user", "content": q}], c) if steerer else [{"role": "user", "content": q}]
+                 for q in GEN_PROMPTS]
+        b = encode(tok, convs)
+
+        def fn() -> None:
+            ctx = steerer.steer(m, c) if steerer else contextlib.nullcontext()
+            with torch.no_grad(), ctx, autocast(p, m.device):
+                m.generate(input_ids=b.input_ids, attention_mask=b.attention_mask, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        return fn
+
+    n_tok = new_tokens * len(GEN_PROMPTS)
+    st = InnerPiSSASteerer()
+    st.model = model
+    A.attach(model, st.adapter_cfg)  # random-init adapter: the same cost as a trained one
+    with torch.no_grad():
+        for prm in A.trainable_parameters(model):
+            prm.normal_(0, 0.02)
+    merged = copy.deepcopy(model)
+    A.merge(merged, 1.0)
+    fns = {}
+    for p in PRECS:
+        fns[f"{p}/base"] = gen_fn(None, 0.0, p)
+        fns[f"{p}/innerpissa_unmerged"] = gen_fn(st, 1.0, p)
+        fns[f"{p}/innerpissa_merged"] = gen_fn(None, 0.0, p, merged)
+    times = interleaved(fns, reps)
+    del merged
+    A.remove(model)
+    fit_pairs = pairs[0].subset(list(range(32)))
+    base_p = "fp32"
+    hook_fns = {"base": gen_fn(None, 0.0, base_p)}
+    for name in ("pca", "mean_diff", "random", "sspace", "prompt"):
+        s = get_steerer(name)
+        s.fit(model, tok, fit_pairs)
+        hook_fns[name] = gen_fn(s, 1.0, base_p)
+    times.update({f"{base_p}/{k}" if k != "base" else f"{base_p}/base_again": v
+                  for k, v in interleaved(hook_fns, reps).items()})
+    lora = get_steerer("lora", train={"steps": 1, "n_val": 4, "batch_size": 4})
+    lora.fit(model, tok, pairs[0].subset(list(range(8))), pairs[1].subset(list(range(4))))
+    times.update({f"{base_p}/{k}": v for k, v in interleaved(
+        {"base_lora_round": gen_fn(None, 0.0, base_p), "lora": gen_fn(lora, 1.0, base_p)}, reps).items()})
+    tps = {k: n_tok / med(v) for k, v in times.items()}
+    ratios = {}
+    for p in PRECS:
+        ratios[f"innerpissa_unmerged_{p}"] = tps[f"{p}/innerpissa_unmerged"] / tps[f"{p}/base"]
+        ratios[f"innerpissa_merged_{p}"] = tps[f"{p}/innerpissa_merged"] / tps[f"{p}/base"]
+    for name in ("pca", "mean_diff", "random", "sspace", "prompt"):
+        ratios[name] = tps[f"fp32/{name}"] / tps["fp32/base_again"]
+    ratios["lora"] = tps["fp32/lora"] / tps["fp32/base_lora_round"]
+    return {"prompts": len(GEN_PROMPTS), "new_tokens": new_tokens, "coeff": 1.0, "seconds": times, "tokens_per_s": tps,
+            "ratio_vs_base": ratios, "bf16_gen_ratio": tps["fp32/base"] / tps["bf16/base"],
+            "note": "baselines in fp32, each against a base round interleaved with it; prompting's prompt is longer"}
+
+
+def get_model(spec: str):  # noqa: ANN201
+    """(model, tok): `tiny-llama` is the test suite's random model (a smoke test of this script), else load_model."""
+    if spec == "tiny-llama":
+        from innerpissa.testing import tiny_model
+
+        return tiny_model("llama")
+    return load_model(spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="a load_model spec, or tiny-llama to smoke-test the bench")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--eval-batches", type=int, default=3)
+    ap.add_argument("--eval-rows", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    torch.manual_seed(0)
+    model, tok = get_model(args.model)
+    pairs = make_pairs(load_concept("honesty"), seed=0)
+    flags = cpu_flags()
+    payload: dict = {
+        "model": args.model + (" (SmolLM2-135M-Instruct Q4_1 dequantized to fp32)" if args.model == "smollm2-135m" else ""),
+        "seed": 0, "sizes": vars(args),
+        "cpu": {"bf16_flags_present": cpu_has_bf16(), "flags": sorted(f for f in FLAGS_OF_INTEREST if f in flags),
+                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "auto_resolves_to": resolve("auto", "cpu")},
+    }
+    phases: dict = {}
+    payload["train"], ph = train_section(model, tok, pairs, args.reps)
+    phases.update(ph)
+    payload["eval"], ph = eval_section(model, tok, args.reps, args.eval_batches)
+    phases.update(ph)
+    payload["generation"] = gen_section(model, tok, pairs, args.reps, args.new_tokens)
+    model, tok = get_model(args.model)  # a clean model: the generation section leaves LoRA layers in place
+    payload["effect"] = effect_section(model, tok, pairs, args.steps, args.eval_rows)
+    payload["phases"] = phases
+    g = payload["generation"]["ratio_vs_base"]
+    payload["headline"] = {
+        "bf16_step_ratio": payload["train"]["bf16_step_ratio"], "target_bf16_step_ratio": 0.5,
+        "bf16_eval_ratio": payload["effect"]["bf16_eval_ratio"], "target_bf16_eval_ratio": 0.5,
+        "bf16_eval_ratio_rows": payload["effect"]["rows"],
+        "eval_vs_bare": payload["eval"][f"eval_vs_bare_{resolve('auto', 'cpu')}"], "target_eval_vs_bare": 1.0,
+        "eval_vs_bare_fp32": payload["eval"]["eval_vs_bare_fp32"], "eval_vs_bare_bf16": payload["eval"]["eval_vs_bare_bf16"],
+        "gen_merged_vs_base": g["innerpissa_merged_fp32"], "target_gen_merged_vs_base": 0.98,
+        "gen_unmerged_vs_base": g["innerpissa_unmerged_fp32"], "target_gen_unmerged_vs_base": 0.85,
+        "bf16_effect": payload["effect"]["effect_fp32_train_bf16_eval"],
+        "fp32_effect": payload["effect"]["effect_fp32_train_fp32_eval"],
+    }
+    payload.update({k: v for k, v in payload["headline"].items() if not k.startswith("target")})
+    payload["load"] = {"loadavg_start": load0, "loadavg_end": os.getloadavg(), "bench_wall_s": time.perf_counter() - t0}
+    path = write("speed", payload)
+    print(path)
+    for k, v in payload["headline"].items():
+        print(k, v)
+
+
+if __name__ == "__main__":
+    machine()  # fail early if the bench helpers are broken
+    main()
