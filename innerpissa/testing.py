@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import functools
 import json
 
@@ -81,4 +83,12 @@ def tiny_model(
     tok = tiny_tokenizer(vocab_size)
     model.config.innerpissa_spec = f"tiny-{arch}-{seed}"
     prepare(model, tok)
+    return model, tok
+
+
+def save_tiny_model(path: Path | str, arch: str = "llama", **sizes: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """`tiny_model(arch, **sizes)` saved as a transformers directory at `path` (what the CLI loads); returns it."""
+    model, tok = tiny_model(arch, **sizes)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
     return model, tok

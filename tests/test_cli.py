@@ -7,7 +7,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from innerpissa.testing import tiny_model
+from innerpissa.testing import save_tiny_model, tiny_model
 
 SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
          "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
@@ -17,9 +17,7 @@ SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     for name, seed in (("model", 0), ("other", 1)):
-        model, tok = tiny_model("llama", seed=seed)
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
+        model, tok = save_tiny_model(root / name, "llama", seed=seed)
     (root / "small.yaml").write_text(yaml.safe_dump(SMALL))
     return root
 

@@ -19,7 +19,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from innerpissa.cli import main
-from innerpissa.testing import tiny_model
+from innerpissa.testing import save_tiny_model, tiny_model
 
 SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
          "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
@@ -38,9 +38,7 @@ def _run(args: list[str]) -> int:
 def ws(tmp_path_factory) -> Path:
     """A tiny model on disk and an InnerPiSSA adapter trained on it through the CLI (with a checkpoint)."""
     root = tmp_path_factory.mktemp("ws")
-    model, tok = tiny_model("llama")
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    model, tok = save_tiny_model(root / "model", "llama")
     (root / "small.yaml").write_text(yaml.safe_dump(SMALL))
     argv = sys.argv
     try:

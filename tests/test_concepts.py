@@ -10,7 +10,7 @@ import yaml
 from innerpissa.concepts import (ConceptError, builtin_concepts, concept_from_words, load_concept, make_pairs,
                                  with_article)
 from innerpissa.eval.datasets import load_dataset
-from innerpissa.testing import tiny_model
+from innerpissa.testing import save_tiny_model, tiny_model
 
 SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
          "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
@@ -83,9 +83,7 @@ def test_dd_dim_aliases():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("concepts")
-    model, tok = tiny_model("llama")
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    model, tok = save_tiny_model(root / "model", "llama")
     (root / "small.yaml").write_text(yaml.safe_dump(SMALL))
     return root
 

@@ -15,7 +15,7 @@ from innerpissa.eval.datasets import from_generic, limit_rows, load_dataset
 from innerpissa.eval.score import score
 from innerpissa.experiments.evaluate import evaluate_run
 from innerpissa.steerers import get_steerer
-from innerpissa.testing import tiny_model
+from innerpissa.testing import save_tiny_model, tiny_model
 
 SUMMARY_KEYS = {
     "target_dim", "effect", "ci_low", "ci_high", "t", "p", "n_rows", "n_dilemmas", "spearman", "dnll", "pmass_drop",
@@ -82,9 +82,7 @@ def saved(tmp_path_factory, tiny):
     model, tok = tiny
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
-    other, other_tok = tiny_model("llama", hidden=32)
-    other.save_pretrained(root / "other")
-    other_tok.save_pretrained(root / "other")
+    other, other_tok = save_tiny_model(root / "other", "llama", hidden=32)
     steerer = get_steerer("mean_diff", layers=[1])
     steerer.fit(model, tok, make_pairs(load_concept("honesty"))[0].subset(list(range(8))))
     steerer.save(root / "adapter")

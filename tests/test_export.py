@@ -12,7 +12,7 @@ from innerpissa.adapter import attach, remove, steer, trainable_parameters
 from innerpissa.adapter.export import lora_factors, save_peft_lora
 from innerpissa.config import AdapterConfig
 from innerpissa.steerers.innerpissa import InnerPiSSASteerer
-from innerpissa.testing import tiny_model
+from innerpissa.testing import save_tiny_model, tiny_model
 
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -79,9 +79,7 @@ def test_export_refuses_non_finite_and_bare_model(tmp_path):
 def saved(tmp_path_factory):
     """A base model directory and an InnerPiSSA steerer directory for it (parameters set, not trained)."""
     root = tmp_path_factory.mktemp("export")
-    model, tok = tiny_model("qwen2")
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    model, tok = save_tiny_model(root / "model", "qwen2")
     model, _ = _trained_like()
     s = InnerPiSSASteerer(adapter={"r": 16, "layer_range": (0.3, 1.0), "rotate_u": True}, model=str(root / "model"))
     s.model = model

@@ -9,7 +9,7 @@ from innerpissa.batching import encode_pairs
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig
 from innerpissa.steerers import get_steerer
-from innerpissa.testing import tiny_model
+from innerpissa.testing import save_tiny_model, tiny_model
 
 TRAIN, VAL = make_pairs(load_concept("honesty"))
 SMALL = dict(loss=dict(loss_r=8, last_n_tokens=2), train=dict(steps=2, batch_size=2, n_train=8, n_val=4))
@@ -78,9 +78,7 @@ def test_cli_train_records_its_pairs_and_eval_checks_leakage_against_them(run_cl
 
     from innerpissa.concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_sha256
 
-    model, tok = tiny_model("llama")
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
+    model, tok = save_tiny_model(tmp_path / "model", "llama")
     small = {"adapter": {"r": 4, "layer_range": [0.5, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
              "train": {"steps": 1, "batch_size": 2, "n_train": 4, "n_val": 2}}
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))

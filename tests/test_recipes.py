@@ -13,7 +13,7 @@ from innerpissa.adapter import trainable_parameters
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
 from innerpissa.recipes import DEFAULT_RECIPE, RECIPES, apply_data, get_recipe, resolve
-from innerpissa.testing import tiny_model, tiny_tokenizer
+from innerpissa.testing import save_tiny_model, tiny_model, tiny_tokenizer
 from innerpissa.train import Trainer
 
 SMALL_A = {"r": 8}
@@ -112,9 +112,7 @@ def test_antipasto_resume_is_bit_identical(tmp_path):
 
 
 def test_cli_records_the_recipe_and_writes_the_loss_curve(run_cli, tmp_path):
-    model, tok = tiny_model()
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model, tok = save_tiny_model(tmp_path / "m")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"recipe": "seed", "adapter": SMALL_A, "loss": SMALL_L,
                                    "train": {**SMALL_T, "steps": 2}}))

@@ -180,3 +180,16 @@ def train_dpo(model: PreTrainedModel, data: PreferenceData, params: list[nn.Para
         history.append({"step": step, "sign": d, "loss": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.4f}", d=f"{d:+g}")
     return history
+
+
+def fit_record(model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None,
+               data: PreferenceData, history: list[dict], steer: Callable[[float], ContextManager[None]],
+               cfg: PreferenceConfig, progress: bool = True) -> dict[str, Any]:
+    """What a DPO-style fit reports (train.json): pairs used/dropped, the loss log and, with validation pairs,
+    the mean reward margin at c = ±1 (data generated at c = 0, i.e. by the base model)."""
+    out: dict[str, Any] = {"n_pairs": len(data), "n_dropped": len(pairs) - len(data), "history": history}
+    if val is not None and len(val):
+        vdata = preference_data(model, tok, val, cfg, progress)
+        out["val_margin"] = {f"{c:+g}": float(reward_margins(model, vdata, steer, c, cfg.gen_batch_size).mean())
+                             for c in (-1.0, 1.0)}
+    return out

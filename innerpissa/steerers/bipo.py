@@ -24,7 +24,7 @@ from ..concepts import ContrastPairs
 from ..io import atomic_write_json
 from ..models import decoder_layers
 from ._addition import AdditionSteerer, add_to_outputs, fitted_layers
-from ._preference import preference_config, preference_data, reward_margins, train_dpo
+from ._preference import fit_record, preference_config, preference_data, train_dpo
 
 
 class BiPOSteerer(AdditionSteerer):
@@ -57,11 +57,7 @@ class BiPOSteerer(AdditionSteerer):
         data = preference_data(model, tokenizer, pairs, self.cfg, progress)
         history = train_dpo(model, data, list(vs.values()), steer, self.cfg, bidirectional=True, progress=progress)
         self.tensors = {f"layer.{l}": v.detach().float().cpu().contiguous() for l, v in vs.items()}
-        self.result = {"n_pairs": len(data), "n_dropped": len(pairs) - len(data), "history": history}
-        if val is not None and len(val):
-            vdata = preference_data(model, tokenizer, val, self.cfg, progress)
-            self.result["val_margin"] = {f"{c:+g}": float(reward_margins(model, vdata, steer, c, self.cfg.gen_batch_size).mean())
-                                         for c in (-1.0, 1.0)}
+        self.result = fit_record(model, tokenizer, pairs, val, data, history, steer, self.cfg, progress)
 
     def save(self, path: Path) -> None:
         super().save(path)

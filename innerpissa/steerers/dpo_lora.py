@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
 from ..io import atomic_write_json
-from ._preference import preference_config, preference_data, reward_margins, train_dpo
+from ._preference import fit_record, preference_config, preference_data, train_dpo
 from .peft_lora import PeftSteerer, PeftTrainable
 
 
@@ -55,11 +55,7 @@ class DpoLoraSteerer(PeftSteerer):
         self.handle.attach()
         history = train_dpo(model, data, self.handle.parameters(), self.handle.steer, self.cfg,
                             bidirectional=False, progress=progress)
-        self.result = {"n_pairs": len(data), "n_dropped": len(pairs) - len(data), "history": history}
-        if val is not None and len(val):
-            vdata = preference_data(model, tok, val, self.cfg, progress)  # adapter layers sit at c = 0: the base model
-            self.result["val_margin"] = {f"{c:+g}": float(reward_margins(model, vdata, self.handle.steer, c, self.cfg.gen_batch_size).mean())
-                                         for c in (-1.0, 1.0)}
+        self.result = fit_record(model, tok, pairs, val, data, history, self.handle.steer, self.cfg, progress)
 
     def save(self, path: Path) -> None:
         super().save(path)
