@@ -115,20 +115,27 @@ def test_cli_export_bad_input(run_cli, saved, extra, message):
 
 @pytest.mark.slow
 def test_smollm2_export_round_trip(tmp_path):
-    from innerpissa.models import load_model
+    from transformers import AutoModelForCausalLM
+
+    from innerpissa.models import ensure_smollm2, load_model
 
     model, tok = load_model("smollm2-135m")
-    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    texts = ["The capital of France is", "Pretend you're an honest person. Did you eat the last cookie? Well, I"]
+    batch = tok(texts, return_tensors="pt", padding=True)  # two lengths: padding and a longer sequence
+    real = batch.attention_mask.bool()
     attach(model, AdapterConfig(r=16, layers=(18, 20), rotate_u=True))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in trainable_parameters(model):
             p.copy_(0.2 * torch.randn(p.shape, generator=g))
         with steer(model, 0.8):
-            ours = model(ids).logits
-        bare = model(ids).logits
+            ours = model(**batch).logits
+        bare = model(**batch).logits
     save_peft_lora(model, 0.8, tmp_path)
-    remove(model)  # the base model again (one load of SmolLM2 instead of two)
+    del model
+    base = AutoModelForCausalLM.from_pretrained(ensure_smollm2())  # the README's base: a plain transformers load
     with torch.no_grad():
-        theirs = PeftModel.from_pretrained(model, str(tmp_path))(ids).logits
-    assert (theirs - ours).abs().max() <= 1e-4 and (theirs - bare).abs().max() > 1e-2
+        theirs = PeftModel.from_pretrained(base, str(tmp_path))(**batch).logits
+    err = (theirs - ours)[real].abs().max()
+    assert err <= 1e-4, err
+    assert (theirs - bare)[real].abs().max() > 1e-2
