@@ -8,13 +8,12 @@ per-dilemma slope s_d with mean 0 (effects differ by dilemma; the population eff
 b·c of the raw log-ratio (cancels within a dilemma) and row noise. Scenarios: normal slopes, heavy-tailed slopes
 (t, 3 df), and the side-stratified test (`strata`: two halves of the dilemmas, as `signed_test` uses).
 
-Per G and scenario: the rejection rate of p < 0.05 and the coverage of the true slope 0 by
-  percentile    the reported 95% CI (2.5/97.5 percentiles of the bootstrap slopes),
-  t_boot        effect ± t(G-K) · se_boot (what the reported p implies),
-  t_corrected   effect ± t(G-K) · se_boot · sqrt(G/(G-K)): the plug-in bootstrap SE of a mean of G cluster
-                contributions is sqrt((G-K)/G) times the unbiased one; this undoes it (the CR1 small-sample factor)
-and, for the unstratified design, `ttest` = the one-sample t-test on per-dilemma slopes (exact under normality;
-with every dilemma on the same c grid the pooled slope is their mean), the independent reference.
+Per G and scenario: the rejection rate of p < 0.05 and the coverage of the true slope 0 by the reported 95% CI
+(`slope_test`: effect ± t(G-K) · se, the bootstrap deviations widened by the CR1 factor sqrt(n/(n-1)) per stratum)
+and, for the unstratified design, by `ttest` = the one-sample t-test on per-dilemma slopes (exact under normality;
+with every dilemma on the same c grid the pooled slope is their mean), the independent reference. (Before the
+CR1 factor, at commit 0e850dd, the percentile CI covered 87-90 % / 93 % / 94.7-94.9 % at 10 / 30 / 150 dilemmas and
+p < 0.05 rejected 6.2-7.5 % / 5.2-5.7 % / 4.6-5.2 %.)
 Monte Carlo standard error of a 5% rate with 2000 simulations: 0.49 points; of 95% coverage: 0.49 points.
 """
 
@@ -59,27 +58,21 @@ def per_dilemma_slopes(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> np.ndarra
 def run(G: int, scenario: str, sims: int, n_boot: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     stratified = scenario == "stratified"
-    rej = {"boot": 0, "corrected": 0, "ttest": 0}
-    cover = {"percentile": 0, "t_boot": 0, "t_corrected": 0, "ttest": 0}
+    rej = {"reported": 0, "ttest": 0}
+    cover = {"reported": 0, "ttest": 0}
     widths = {k: [] for k in cover}
     for i in range(sims):
         x, y, g = simulate(G, rng, heavy=scenario == "heavy")
         strata = (g < G // 2).astype(int) if stratified else None
-        K = 2 if stratified else 1
         r = slope_test(x, y, g, n_boot, seed=i, strata=strata)
-        q = stats.t.ppf(0.975, G - K)
-        se_c = r["se"] * np.sqrt(G / (G - K))
-        rej["boot"] += r["p"] < 0.05
-        rej["corrected"] += 2 * stats.t.sf(abs(r["effect"] / se_c), G - K) < 0.05
-        intervals = {"percentile": (r["ci_low"], r["ci_high"]),
-                     "t_boot": (r["effect"] - q * r["se"], r["effect"] + q * r["se"]),
-                     "t_corrected": (r["effect"] - q * se_c, r["effect"] + q * se_c)}
+        rej["reported"] += r["p"] < 0.05
+        intervals = {"reported": (r["ci_low"], r["ci_high"])}
         if not stratified:
             b = per_dilemma_slopes(x, y, g)
             tt = stats.ttest_1samp(b, 0.0)
             rej["ttest"] += tt.pvalue < 0.05
-            half = q * b.std(ddof=1) / np.sqrt(G)
-            intervals["ttest"] = (b.mean() - half, b.mean() + half)
+            ci = tt.confidence_interval(0.95)
+            intervals["ttest"] = (ci.low, ci.high)
         for k, (lo, hi) in intervals.items():
             cover[k] += lo <= 0.0 <= hi
             widths[k].append(hi - lo)

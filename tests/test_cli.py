@@ -7,7 +7,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from innerpissa.testing import save_tiny_model, tiny_model
+from innerpissa.models import load_model
+from innerpissa.steerers import load_steerer
+from innerpissa.testing import save_tiny_model
 
 SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
          "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
@@ -37,9 +39,14 @@ def test_train_generate_merge(run_cli, saved):
     assert code == 0, err
     plain = AutoModelForCausalLM.from_pretrained(merged)  # loads without innerpissa
     assert not any("InnerPiSSA" in type(m).__name__ for m in plain.modules())
-    base, _ = tiny_model("llama")
+    model, _ = load_model(str(saved / "model"))
+    steerer = load_steerer(model, out)
     ids = torch.randint(0, 1000, (1, 8))
-    assert (plain(ids).logits - base(ids).logits).abs().max() > 0  # the merged model is steered
+    with torch.no_grad(), steerer.steer(model, 0.8):
+        steered = model(ids).logits
+    with torch.no_grad():
+        moved = (steered - model(ids).logits).abs().max()
+        assert moved > 0 and (plain(ids).logits - steered).abs().max() < 1e-3 * moved  # the merged model is c = 0.8
 
 
 @pytest.mark.parametrize("args, message", [

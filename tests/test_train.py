@@ -106,7 +106,6 @@ def test_nan_loss_stops_names_term_and_rolls_back(tmp_path, monkeypatch):
 def test_orientation_flips_a_reversed_adapter():
     tr = _trainer(steps=12)
     res = tr.run()
-    assert res.val_shift > 0
     with torch.no_grad():
         for p in trainable_parameters(tr.model):
             p.neg_()  # now +c moves the wrong way

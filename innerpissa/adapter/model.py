@@ -155,6 +155,20 @@ def fingerprint(model: PreTrainedModel, names: list[str]) -> dict:
     }
 
 
+def check_fingerprint(model: PreTrainedModel, names: list[str], saved: dict, what: str) -> None:
+    """Raise AdapterMismatchError unless `model`'s modules `names` have the `saved` fingerprint's shapes and
+    weights sha256 (`what` names the saved adapter in the message)."""
+    try:
+        fp = fingerprint(model, names)
+    except AttributeError:  # a module name this model does not have
+        fp = {"shapes": None}
+    if fp.get("shapes") != saved["shapes"] or fp.get("weights_sha256") != saved["weights_sha256"]:
+        raise AdapterMismatchError(
+            f"{what} was trained on base model {saved['model']!r} (weights sha256 "
+            f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
+        )
+
+
 def save_adapter(model: PreTrainedModel, path: str | Path, extra: dict | None = None) -> None:
     """Write adapter.safetensors (params + U/S/V, bit-exact) and adapter_config.json (config + fingerprint)."""
     layers = adapter_layers(model)
@@ -185,16 +199,7 @@ def load_adapter(model: PreTrainedModel, path: str | Path) -> dict[str, InnerPiS
     meta = read_json(path / CONFIG_FILE)
     cfg = AdapterConfig(**meta["adapter"])
     names = meta["modules"]
-    try:
-        fp = fingerprint(model, names)
-    except AttributeError:
-        fp = {"shapes": None}
-    saved = meta["fingerprint"]
-    if fp.get("shapes") != saved["shapes"] or fp.get("weights_sha256") != saved["weights_sha256"]:
-        raise AdapterMismatchError(
-            f"adapter in {path} was trained on base model {saved['model']!r} (weights sha256 "
-            f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
-        )
+    check_fingerprint(model, names, meta["fingerprint"], f"adapter in {path}")
     tensors = load_tensors(path / ADAPTER_FILE)
     frozen = {n: {k: tensors[f"{n}.{k}"] for k in ("U", "S", "V")} for n in names}
     layers = attach(model, cfg, frozen=frozen)

@@ -35,11 +35,11 @@ from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..adapter.model import AdapterMismatchError, _layers_prefix, fingerprint, linear_names, replace_module
+from ..adapter.model import _layers_prefix, check_fingerprint, fingerprint, linear_names, replace_module
 from ..concepts import ContrastPairs
 from ..config import LossConfig, TrainConfig, parse_section
 from ..io import atomic_save_tensors, load_tensors
-from ..models import decoder_layers, model_id, select_layers
+from ..models import decoder_layers, select_layers
 from ..train import TrainResult, Trainer
 from ._addition import check_coeff
 from .base import Messages, save_meta
@@ -159,17 +159,8 @@ def check_base(model: PreTrainedModel, file: Path, method: str) -> None:
     with safe_open(str(file), "pt") as f:
         saved = json.loads((f.metadata() or {}).get("fingerprint", "null"))
         names = sorted({k.rsplit(".", 1)[0] for k in f.keys()})
-    if saved is None:  # saved before fingerprints were recorded: nothing to check against
-        return
-    try:
-        fp = fingerprint(model, names)
-    except AttributeError:
-        fp = {"shapes": None}
-    if fp.get("shapes") != saved["shapes"] or fp.get("weights_sha256") != saved["weights_sha256"]:
-        raise AdapterMismatchError(
-            f"{method} steerer in {file.parent} was trained on base model {saved['model']!r} (weights sha256 "
-            f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
-        )
+    if saved is not None:  # None: saved before fingerprints were recorded, nothing to check against
+        check_fingerprint(model, names, saved, f"{method} steerer in {file.parent}")
 
 
 class PeftSteerer:
