@@ -284,32 +284,22 @@ def export(
     out: Path = typer.Option(..., help="output directory (one --coeff: the adapter; several: OUT/c+0.8, ...)"),
     format: str = typer.Option("peft-lora", "--format", help="peft-lora: a standard peft LoRA adapter"),
     model: str | None = typer.Option(None, help="base model spec (default: the one the adapter was trained on)"),
+    overwrite: bool = typer.Option(False, help="replace an existing OUT"),
 ) -> None:
     """Write the adapter at each COEFF as an exact peft LoRA adapter (PeftModel.from_pretrained loads it)."""
-    import math
-    import shutil
-    import tempfile
-
     from .adapter.export import save_peft_lora
+    from .io import atomic_dir
 
     if format != "peft-lora":
         raise UserError(f"unknown export format {format!r}; use --format peft-lora")
-    bad = [c for c in coeff if not math.isfinite(c)]
-    if bad or len(set(coeff)) != len(coeff):
-        raise UserError(f"--coeff values must be finite and distinct, got {coeff}")
-    if out.exists():
-        raise UserError(f"{out} already exists; choose a new --out")
+    check_coeffs(coeff, "--coeff")
+    check_out(out, overwrite)
     m, _, steerer = _load_adapter_model(adapter, model)
     if steerer.name != "innerpissa":
         raise UserError(f"{adapter} holds a {steerer.name!r} steerer; export supports InnerPiSSA adapters only")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         for c in coeff:
             save_peft_lora(m, c, tmp if len(coeff) == 1 else tmp / f"c{c:+g}")
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     names = "" if len(coeff) == 1 else " (" + ", ".join(f"c{c:+g}" for c in coeff) + ")"
     typer.echo(f"exported peft LoRA adapter(s) at c={', '.join(f'{c:g}' for c in coeff)} to {out}{names}")
 

@@ -95,9 +95,12 @@ def ensure_smollm2(dtype: torch.dtype = torch.float32) -> Path:
     return target
 
 
+DEFAULT_NAMES = (DEFAULT_MODEL, "smollm2", "smollm2-135m-instruct")
+
+
 def resolve_spec(spec: str) -> Path | str:
     """Map a model spec to something `from_pretrained` understands (a dir, a .gguf path or a hub id)."""
-    if spec.lower() in (DEFAULT_MODEL, "smollm2", "smollm2-135m-instruct"):
+    if spec.lower() in DEFAULT_NAMES:
         return ensure_smollm2()
     p = Path(spec).expanduser()
     if spec.endswith(".gguf"):
@@ -113,6 +116,12 @@ def resolve_spec(spec: str) -> Path | str:
             raise ModelLoadError(f"{spec} has no config.json; pass a transformers model directory")
         return p
     return spec  # a Hugging Face hub id (online users)
+
+
+def check_spec(spec: str) -> None:
+    """Fail fast (ModelLoadError) on a spec naming a missing or non-model path; fetches nothing."""
+    if spec.lower() not in DEFAULT_NAMES:
+        resolve_spec(spec)
 
 
 def load_model(

@@ -83,6 +83,10 @@ def _concept_with_suffix_file(text: str) -> Callable[[Path, Path], None]:
     return setup
 
 
+def _empty_pairs_json(d: Path) -> None:
+    (d / "pairs.json").write_text("")
+
+
 def _no_steerer_json(d: Path) -> None:
     (d / "steerer.json").unlink()
 
@@ -100,6 +104,7 @@ COMPARE = ["compare", "--model", "{model}", "--methods", "prompt", "--eval-limit
            "--out", "{case}/o"]
 SWEEP = ["sweep", "{case}/s.yaml", "--root", "{case}/r"]
 SPEC = "model: tiny-llama\neval_limit: 2\nmethod: prompt\n"  # should a check regress, the run stays tiny
+EXPORT = ["export", "--adapter", "{adapter}", "--out", "{case}/x"]
 
 CASES = [  # (id, setup or None, args, what the error line must say)
     # usage errors from typer/click (were 30-50-line tracebacks, exit 1)
@@ -160,6 +165,31 @@ CASES = [  # (id, setup or None, args, what the error line must say)
      "Invalid value for '--cpus-per-run'"),
     ("missing-model-dir", None, ["train", "--model", "./no/such/model", "--out", "{case}/o"],
      "model directory not found: ./no/such/model"),
+    # beyond the issue's table (found walking every command's options)
+    ("generate-inf", None, [*GEN, "--coeffs", "-1", "inf"], "--coeffs inf: coefficients must be finite"),
+    ("eval-kl-nan", None, [*EVAL, "--kl", "nan"], "--kl must be a positive number"),
+    ("eval-unknown-concept", None, [*EVAL, "--concept", "nope"], "unknown concept 'nope'"),
+    ("eval-empty-pairs-json", _adapter(_empty_pairs_json), [*EVAL[:2], "{case}/A", *EVAL[3:]],
+     "A/pairs.json is not valid JSON (empty file)"),
+    ("eval-bad-jsonl-line", _file("d.jsonl", '{"prompt": "a", "label:x": 1}\n{bad\n'),
+     [*EVAL, "--dataset", "{case}/d.jsonl"], "d.jsonl: line 2 is not valid JSON"),
+    ("export-nan", None, [*EXPORT, "--coeff", "nan"], "--coeff nan: coefficients must be finite"),
+    ("export-duplicate", None, [*EXPORT, "--coeff", "1", "--coeff", "1"], "--coeff has duplicates"),
+    ("export-nonfinite-weights", None, [*EXPORT, "--coeff", "1e6"], "gives a non-finite weight change"),
+    ("export-out-exists", _existing_out, [*EXPORT[:-1], "{case}/out", "--coeff", "1"],
+     "out already exists; pass --overwrite"),
+    ("report-out-exists", _existing_out, ["report", "{ws}", "--out", "{case}/out"], "out already exists; pass --overwrite"),
+    ("compare-kl-stat", None, [*COMPARE, "--kl-stat", "p99"], "KL statistic must be 'mean' or 'p95'"),
+    ("compare-steps-zero", None, [*COMPARE, "--steps", "0"], "Invalid value for '--steps'"),
+    ("compare-unknown-concept", None, [*COMPARE, "--concept", "nope"], "unknown concept 'nope'"),
+    ("compare-missing-model", None, [*COMPARE[:1], "--model", "./no/model", *COMPARE[3:]],
+     "model directory not found: ./no/model"),
+    ("compare-root-file", _file("f.txt", "x"), [*COMPARE, "--root", "{case}/f.txt"], "--root {case}/f.txt is a file"),
+    ("sweep-root-file", _file("s.yaml", SPEC), [*SWEEP[:2], "--root", "{ws}/small.yaml"],
+     "--root {ws}/small.yaml is a file"),
+    ("sweep-missing-model", _file("s.yaml", SPEC.replace("tiny-llama", "./no/model")), SWEEP,
+     "model directory not found: ./no/model"),
+    ("sweep-unknown-concept", _file("s.yaml", SPEC + "concept: nope\n"), SWEEP, "unknown concept 'nope'"),
 ]
 
 
@@ -196,23 +226,55 @@ def test_bad_input_is_one_error_line_and_nothing_on_disk(ws, tmp_path, monkeypat
 
 
 def test_readme_list_forms_and_out_of_range_warning(ws, run_cli):
-    """`--coeffs -1 0 1` and `--prompt A B` (the README's form) work; a |c| past the range warns, naming it."""
+    """`--coeffs -1 0 1` and `--prompt A B` (the README's form) work; a |c| past the range warns, naming it; piped,
+    the table keeps its full width (at rich's default 80 columns these 12-token completions end in "…")."""
     code, out, err = run_cli("generate", "--adapter", str(ws / "adapter"), "--coeffs", "-1", "0", "2.5",
-                             "--prompt", "Tell me a fact.", "Is it raining?", "--max-new-tokens", "2")
+                             "--prompt", "Tell me a fact.", "Is it raining?", "--max-new-tokens", "12")
     assert code == 0, err
     assert all(f"c = {c}" in out for c in ("-1", "+0", "+2.5")) and "Tell me a fact." in out and "Is it raining?" in out
+    assert "…" not in out
     assert "warning: --coeffs 2.5 outside the coherent range |c| <= 2" in err
 
 
-def _plain_dir_modes(path: Path) -> None:
+@pytest.mark.parametrize("args, warning", [
+    ([*EVAL, "--coeffs", "-1", "0", "1e6"], "--coeffs 1e+06 outside the coherent range |c| <= 2"),
+    ([*MERGE, "--coeff", "3"], "--coeff 3 outside the coherent range |c| <= 2"),
+    ([*EXPORT, "--coeff", "1", "--coeff", "-3"], "--coeff -3 outside the coherent range |c| <= 2"),
+    ([*SWEEP, "--dry-run"], "s.yaml: coeffs 3 outside the coherent range |c| <= 2"),
+], ids=["eval", "merge", "export", "sweep"])
+def test_out_of_range_coefficient_warns_naming_the_range(ws, run_cli, tmp_path, args, warning):
+    (tmp_path / "s.yaml").write_text(SPEC + "coeffs: [-1, 0, 3]\n")
+    fill = {"model": str(ws / "model"), "adapter": str(ws / "adapter"), "ws": str(ws), "case": str(tmp_path)}
+    code, _, err = run_cli(*[a.format(**fill) for a in args])
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and warning in warnings[0], err
+
+
+def test_export_dir_has_plain_modes(ws, run_cli, tmp_path):
+    """Export's OUT (one adapter, and several in OUT/c±…) gets the umask's modes, not mkdtemp's 0700."""
+    for coeffs, sub in ((["--coeff", "0.8"], None), (["--coeff", "0.8", "--coeff", "-0.8"], "c+0.8")):
+        out = tmp_path / f"x{len(coeffs)}"
+        code, _, err = run_cli("export", "--adapter", str(ws / "adapter"), "--out", str(out), *coeffs)
+        assert code == 0, err
+        _plain_dir_modes(out if sub is None else out / sub)
+        assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o777 & ~mask
+    return mask
+
+
+def _plain_dir_modes(path: Path) -> None:
+    """`path` and its files have the modes a plain mkdir / open() gives under the umask."""
+    assert path.stat().st_mode & 0o777 == 0o777 & ~_umask()
     for f in path.iterdir():
-        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_umask(), f
 
 
-def _merge_and_compare(run_cli, adapter: Path, out: Path, c: float, model, ids: torch.Tensor, steer) -> None:
+def merge_and_compare(run_cli, adapter: Path, out: Path, c: float, model, ids: torch.Tensor, steer) -> None:
     """`innerpissa merge` at c, reload with plain transformers, and compare its logits with the steered model's."""
     code, _, err = run_cli("merge", "--adapter", str(adapter), "--coeff", str(c), "--out", str(out))
     assert code == 0, err
@@ -237,26 +299,4 @@ def test_merge_equals_steered_model_tiny(ws, run_cli, tmp_path):
     model, _ = load_model(str(ws / "model"))
     steerer = load_steerer(model, ws / "adapter")
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    _merge_and_compare(run_cli, ws / "adapter", tmp_path / "merged", 1.5, model, ids, steerer.steer)
-
-
-@pytest.mark.slow
-def test_merge_default_smollm2_loads_in_plain_transformers(run_cli, tmp_path):
-    """The GGUF-derived default model merges to a directory plain transformers loads, equal to steering at c."""
-    from innerpissa import adapter as A
-    from innerpissa.config import AdapterConfig
-    from innerpissa.models import load_model
-    from innerpissa.steerers.innerpissa import InnerPiSSASteerer
-
-    model, tok = load_model("smollm2-135m")
-    cfg = {"r": 8, "layers": [15], "target_modules": ["o_proj", "down_proj"]}
-    A.attach(model, AdapterConfig(**cfg))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # an untrained but non-trivial adapter: random rotation generators and S scalings
-        for p in A.trainable_parameters(model):
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
-    steerer = InnerPiSSASteerer(adapter=cfg, model="smollm2-135m")
-    steerer.model = model
-    steerer.save(tmp_path / "adapter")
-    ids = tok("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
-    _merge_and_compare(run_cli, tmp_path / "adapter", tmp_path / "merged", 0.8, model, ids, steerer.steer)
+    merge_and_compare(run_cli, ws / "adapter", tmp_path / "merged", 1.5, model, ids, steerer.steer)

@@ -103,7 +103,7 @@ def test_cli_export_two_coefficients(run_cli, saved):
 @pytest.mark.parametrize("extra, message", [
     (["--coeff", "1", "--format", "gguf"], "unknown export format 'gguf'"),
     (["--coeff", "nan"], "must be finite"),
-    (["--coeff", "1", "--coeff", "1"], "distinct"),
+    (["--coeff", "1", "--coeff", "1"], "--coeff has duplicates"),
 ])
 def test_cli_export_bad_input(run_cli, saved, extra, message):
     root, _ = saved

@@ -46,6 +46,17 @@ def parse_budgets(value: str) -> list[float]:
     return out
 
 
+def check_sources(models: set[str], concepts: set[str]) -> None:
+    """Fail before any run is written on a model path that does not exist or an unknown concept."""
+    from ..concepts import load_concept
+    from ..models import check_spec
+
+    for spec in sorted(models):
+        check_spec(spec)
+    for name in sorted(concepts):
+        load_concept(name)
+
+
 @app.command()
 def sweep(
     spec: Annotated[Path, typer.Argument(help="sweep spec YAML (see sweeps/*.yaml)")],
@@ -61,8 +72,10 @@ def sweep(
     from ..eval.datasets import load_dataset
     from .sweep import check_methods, expand, load_spec, run_inprocess, run_ray, wandb_logger
 
+    check_out(root, True, "--root")  # a file is never a results root
     cfgs = expand(load_spec(spec))
     check_methods(cfgs)
+    check_sources({c.model for c in cfgs}, {c.concept for c in cfgs})
     for name in sorted({d for cfg in cfgs for d in cfg.datasets}):
         load_dataset(name)  # an unknown name or a bad file fails here, not in every run
     far = sorted({c for cfg in cfgs for c in cfg.coeffs if abs(c) > COEFF_MAX})
@@ -99,7 +112,7 @@ def compare(
     out: Annotated[Path, typer.Option(help="where Table 1, the bar chart and against-the-grain go")] = Path("results/compare"),
     eval_limit: Annotated[int | None, typer.Option(help="rows per dataset (whole dilemmas)")] = None,
     eval_part: Annotated[str, typer.Option(help="DailyDilemmas half: report | tune | all")] = "report",
-    steps: Annotated[int | None, typer.Option(help="training steps of trained methods")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="training steps of trained methods")] = None,
     n_pairs: Annotated[int | None, typer.Option(help="fit every method on this many contrastive pairs")] = None,
     samples: Annotated[int, typer.Option(help="questions with steered generations at c = -1, 0, +1")] = 0,
     pmass_min: Annotated[float, typer.Option(help="log-ratio is NaN where P(yes)+P(no) is below this")] = 0.1,
@@ -113,12 +126,16 @@ def compare(
     overwrite: Annotated[bool, typer.Option(help="replace the tables in an existing OUT (runs stay cached in ROOT)")] = False,
 ) -> None:
     """Fit every method per seed on the same pairs, evaluate at the same coefficients, write Table 1."""
+    from ..eval.calibrate import check_stat
     from ..eval.datasets import load_dataset
     from ..io import atomic_dir
     from .compare import compare_configs, run_compare
 
     cs = check_coeffs(coeffs, need_zero=True)
     check_out(out, overwrite)
+    check_out(root, True, "--root")  # a file is never a results root
+    check_stat(kl_stat)
+    check_sources({model}, {concept})
     given = {"seeds": seeds, "eval_limit": eval_limit, "steps": steps, "n_pairs": n_pairs, "datasets": datasets}
     defaults = QUICK if quick else {"seeds": 3, "datasets": "dd-honesty,truthfulqa"}
     opt = {k: v if v is not None else defaults.get(k) for k, v in given.items()}  # explicit options always win

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..cli import app, check_coeffs, check_out, console
-from ..concepts import ContrastPairs
+from ..concepts import ContrastPairs, load_concept
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
 from ..io import read_json
 from ..precision import HELP as PRECISION_HELP, check as check_precision
@@ -100,6 +100,8 @@ def eval_command(
         raise ValueError(f"--kl must be a positive number of nats per token (e.g. --kl 0.1), got {kl}")
     out = out or Path("runs") / "eval" / adapter.resolve().name
     check_out(out, overwrite)
+    if concept is not None:
+        load_concept(concept)  # a typo fails here even where pairs.json makes the leakage check ignore it
     names = [n.strip() for d in dataset for n in d.split(",") if n.strip()]
     if not names:
         raise ValueError("--dataset is empty: name at least one, e.g. --dataset dd-honesty")

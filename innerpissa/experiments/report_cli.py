@@ -8,17 +8,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..cli import app
+from ..cli import app, check_out
 
 
 @app.command()
 def report(
     runs_root: Annotated[Path, typer.Argument(help="results root of `sweep`/`compare` (holding runs/<hash>/), or runs/ itself")],
     out: Annotated[Path, typer.Option(help="output directory for tables, figures, report.md and report.html")] = Path("report"),
+    overwrite: Annotated[bool, typer.Option(help="replace an existing OUT")] = False,
 ) -> None:
     """Build the paper report: Tables 1–2, ideas that failed, Figures 1–3, samples; markdown, LaTeX and one HTML file."""
+    from ..io import atomic_dir
     from .report import build_report
 
-    with Console(stderr=True).status(f"building report from {runs_root}"):
-        page = build_report(runs_root, out)
+    check_out(out, overwrite)
+    with Console(stderr=True).status(f"building report from {runs_root}"), atomic_dir(out) as tmp:
+        page = out / build_report(runs_root, tmp).relative_to(tmp)
     typer.echo(f"report written to {out} (open {page} in a browser)")
