@@ -121,6 +121,18 @@ def test_coherent_range_by_hand() -> None:
     assert np.isnan(coherent_range(_nll_table(shift, {**ok, 0.0: 0.1}), nll_tol=0.7, pmass_floor=0.5))
 
 
+def test_eval_warns_for_coefficients_past_the_measured_coherent_range() -> None:
+    from innerpissa.experiments.eval_cli import incoherent_coeffs
+
+    shift = {-2.0: 0.3, -1.0: 0.4, 0.0: 0.0, 1.0: 0.2, 2.0: 0.6}  # ΔNLL at +2 is 0.6 > 0.5: coherent up to |c| = 1
+    summary = {"dd": summarize(_nll_table(shift, {c: 0.9 for c in shift}), "t", n_boot=50)}
+    assert summary["dd"]["coherent_range"] == 1.0
+    (msg,) = incoherent_coeffs(summary, [-2.0, -1.0, 0.0, 1.0, 2.0], " KL-budget units (±1 = KL 0.1)")
+    assert msg.startswith("dd: --coeffs -2 2 past the measured coherent range |c| <= 1 KL-budget units")
+    assert incoherent_coeffs(summary, [-1.0, 0.0, 1.0]) == []
+    assert incoherent_coeffs({"dd": {**summary["dd"], "coherent_range": float("nan")}}, [-2.0, 0.0, 2.0]) == []
+
+
 def test_flip_counts_by_hand() -> None:
     # (label, logratio at c = 0, +1, -1); signed y = label * logratio
     rows = {"r1": (-1, -1, -1, 1),   # y: +, +, -  -> reverse flipped

@@ -10,7 +10,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from ..cli import app, check_coeffs, check_out, console
+from ..cli import app, check_coeffs, check_out, console, warn
 from ..concepts import ContrastPairs, load_concept
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
 from ..io import read_json
@@ -51,6 +51,19 @@ def headline_table(summary: dict[str, dict[str, Any]]) -> Table:
             f"{_fmt(s.get('coeff_pos'))}/{_fmt(s.get('coeff_neg'))} ({_fmt(s.get('kl_pos'))}/{_fmt(s.get('kl_neg'))})",
         )
     return t
+
+
+def incoherent_coeffs(summary: dict[str, dict[str, Any]], coeffs: list[float], units: str = "") -> list[str]:
+    """Warnings for coefficients past the coherent range each dataset's run measured (`metrics.coherent_range`:
+    ΔNLL <= 0.5 nats and answer mass >= 0.5 at every |c'| up to it): their effects describe a broken model."""
+    out = []
+    for name, s in summary.items():
+        cr = s.get("coherent_range")
+        far = [c for c in coeffs if cr is not None and np.isfinite(cr) and abs(c) > cr]
+        if far:
+            out.append(f"{name}: --coeffs {' '.join(f'{c:g}' for c in far)} past the measured coherent range "
+                       f"|c| <= {cr:g}{units} (ΔNLL <= 0.5 nats and answer mass >= 0.5); read their effects with care")
+    return out
 
 
 def fitted_pairs(adapter: Path, concept: str | None) -> tuple[ContrastPairs | None, str]:
@@ -128,6 +141,8 @@ def eval_command(
     for name, s in summary.items():
         cons.print(effects_table(name, effects[effects["dataset"] == name], s["target_dim"]))
     cons.print(headline_table(summary))
+    for message in incoherent_coeffs(summary, cs, f" KL-budget units (±1 = KL {kl:g})" if kl is not None else ""):
+        warn(message)
     if pairs_note:
         cons.print(f"[yellow]{pairs_note}[/yellow]")
     cons.print(f"wrote {out}/ (config.json, scores.parquet, effects.parquet, summary.json, dose_response.png)")
