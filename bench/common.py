@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +60,43 @@ def write(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     atomic_write_json(path, {"machine": machine(), **payload})
     return path
+
+
+@contextlib.contextmanager
+def heavy_lock(path: str = "/tmp/innerpissa-heavy.lock") -> Iterator[None]:
+    """Hold an exclusive flock on `path` (shared with other heavy jobs on this machine) for the block."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_units(cfgs: Sequence, root: Path, max_hours: float | None = None,
+              after_each: Callable[[list[dict]], None] | None = None, lock: bool = True) -> list[dict]:
+    """Run the not-yet-done runs of `cfgs` in their (priority) order, one heavy job at a time (`lock`: the machine's
+    heavy-job flock; off for a tiny-model smoke run), stopping after `max_hours`; a failed run is recorded and the
+    bench goes on. `after_each(failed)` lets the caller rewrite its
+    JSON after every run, so a stopped bench already answers what it has measured. Returns the failures."""
+    from innerpissa.experiments.run import run_dir, run_one
+
+    t0, failed = time.perf_counter(), []
+    for i, cfg in enumerate(cfgs):
+        if (run_dir(cfg, root) / "DONE").is_file():
+            continue
+        if max_hours and time.perf_counter() - t0 > max_hours * 3600:
+            print("time budget reached: stopping (rerun to continue)", flush=True)
+            break
+        print(f"[{i + 1}/{len(cfgs)}] {cfg.method} {cfg.params} seed {cfg.seed} kl {cfg.kl}", flush=True)
+        t = time.perf_counter()
+        try:
+            with heavy_lock() if lock else contextlib.nullcontext():  # per run, so other heavy jobs interleave
+                run_one(cfg, root)
+        except Exception as e:  # recorded in the run's error.json too
+            failed.append({"run": cfg.model_dump(mode="json"), "error": f"{type(e).__name__}: {e}"})
+            traceback.print_exc()
+        print(f"    {time.perf_counter() - t:.0f} s", flush=True)
+        if after_each is not None:
+            after_each(failed)
+    return failed

@@ -1,10 +1,14 @@
-"""Table 1 on SmolLM2-135M (issue 4 §3) -> bench/results/quality.json and results/quality/*.md|csv|png.
+"""The powered Table 1 on SmolLM2-135M (issue 9 §3) -> bench/results/quality.json and results/quality/*.md|csv.
 
-Every method is fit on the same honesty pairs and scored on the *reporting* half of dd-honesty (split by
-dilemma; tuning only ever looked at the other half) and on TruthfulQA, at c = -1, 0, +1. Seed-dependent
-methods get --seeds seeds, deterministic ones one. Resumable: runs and fits live under --root (cached by
-config hash), so rerunning continues where it stopped. Run it in the background:
-    nohup python bench/quality.py > quality.log 2>&1 &
+Every method is fit on the same honesty pairs, calibrated per sign to each KL budget (`eval.calibrate`: the c at
+which the mean token KL(base || steered) on held-out neutral prompts equals the budget, so "±1" is the same cost to
+the model for every method) and scored on the whole *reporting* half of dd-honesty (dilemmas split by hash; tuning
+only ever looked at the other half) and on TruthfulQA. Per method and budget: the side-balanced effect pooled over
+seeds (dilemma × seed bootstrap), the paired difference to InnerPiSSA on the same dilemmas (a method "beats"
+another only when that CI excludes 0), action bias, selectivity, and the references' metrics for the audit.
+Random directions get many seeds: they are the null. Resumable (runs cached by config hash, done in priority
+order, JSON rewritten after every run):
+    nohup .venv/bin/python bench/quality.py > quality.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -14,98 +18,113 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write  # noqa: E402
+from common import run_units, write  # noqa: E402
 
-from innerpissa.experiments.compare import compare_configs, run_compare  # noqa: E402
-from innerpissa.experiments.collect import collect  # noqa: E402
-from innerpissa.experiments.tables import table1  # noqa: E402
+from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
+from innerpissa.experiments.compare import compare_configs, kl_budget  # noqa: E402
+from innerpissa.experiments.evaluate import _clean  # noqa: E402
+from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
+from innerpissa.experiments.tables import audit_correlations, powered_table, quality_rows, to_markdown  # noqa: E402
 from innerpissa.io import atomic_write_text  # noqa: E402
 
-METHODS = "innerpissa,prompt,pca,mean_diff,random,sspace,lora"
+METHODS = "innerpissa,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora"
+DATASETS = "dd-honesty,truthfulqa"
+# gentle: about the cost of today's random direction at c = 1 (dNLL ~0.05-0.09 on dd-honesty prompts); strong:
+# 3x that, still inside the coherent range where the Yes/No answer keeps its probability mass (pmass >= 0.1)
+KL_BUDGETS = "0.1,0.3"
 
 
-def verdict(stats, dataset: str) -> dict:
-    """The seed's target: InnerPiSSA Gain >= 1.5x prompting and >= 3x PCA at dNLL <= 0.2, CIs excluding parity,
-    and a Yes-bias-controlled effect with p < 0.01. 'CIs exclude parity' = InnerPiSSA's Gain CI lies above the
-    baseline's Gain CI (non-overlap); NaN CIs make that part untestable (reported as None)."""
-    by = stats.set_index("label")
-    if "innerpissa" not in by.index:
-        return {"error": "no innerpissa row"}
-    ip = by.loc["innerpissa"]
-    out = {"dataset": dataset, "innerpissa_gain": ip["gain"], "innerpissa_dnll": ip["dnll"],
-           "innerpissa_yesbias_effect": ip["yesbias_effect"], "innerpissa_yesbias_p": ip["yesbias_effect_p"],
-           "dnll_ok": bool(ip["dnll"] <= 0.2), "yesbias_ok": bool(ip["yesbias_effect_p"] < 0.01 and ip["yesbias_effect"] > 0)}
-    for base, factor in (("prompt", 1.5), ("pca", 3.0)):
-        if base not in by.index:
+def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float], datasets: list[str], model: str,
+         eval_limit: int | None, n_pairs: int | None, pmass_min: float) -> list[RunConfig]:
+    """Every run, in the order that answers the main question first: the gentle budget before the strong one; within
+    a budget seed 0 of every method, a few random seeds, the other seeds, then the rest of the null."""
+    def cfgs(ms: list[str], n: int, kl: float) -> list[RunConfig]:
+        return compare_configs(ms, n, model, "honesty", datasets, [-1.0, 0.0, 1.0], eval_limit, "report",
+                               n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
+
+    order: list[RunConfig] = []
+    for kl in budgets:
+        main, rnd = cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)
+        order += [c for c in main if c.seed == 0] + [c for c in rnd if c.seed < 3]
+        order += [c for c in main if c.seed > 0] + [c for c in rnd if c.seed >= 3]
+    return order
+
+
+def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets: list[str], out: Path) -> dict[str, Any]:
+    """quality.json's tables from the finished runs: per dataset × budget the powered rows, per dataset the audit."""
+    done = [c.content_hash() for c in cfgs if (run_dir(c, root) / "DONE").is_file()]
+    if not done:
+        return {"tables": {}, "audit": {}, "n_dilemmas": {}}
+    coll = collect(root)
+    coll = coll[coll["run_hash"].isin(done)]
+    scores = load_scores(root, done)
+    tables: dict[str, dict[str, list]] = {}
+    audit: dict[str, dict] = {}
+    n_dilemmas: dict[str, int] = {}
+    for ds in datasets:
+        if ds not in set(coll["dataset"]):
             continue
-        b = by.loc[base]
-        # Gain is signed: a ratio only means "x times better" when both move the target the intended way
-        ratio = ip["gain"] / b["gain"] if ip["gain"] > 0 and b["gain"] > 0 else np.nan
-        sep = None if not (np.isfinite(ip.get("gain_lo", np.nan)) and np.isfinite(b.get("gain_hi", np.nan))) \
-            else bool(ip["gain_lo"] > b["gain_hi"])
-        out[f"gain_ratio_vs_{base}"] = ratio
-        out[f"ratio_ok_vs_{base}"] = bool(ratio >= factor)
-        out[f"ci_excludes_parity_vs_{base}"] = sep
-    out["target_met"] = bool(out["dnll_ok"] and out["yesbias_ok"] and all(
-        out.get(f"ratio_ok_vs_{b}") and out.get(f"ci_excludes_parity_vs_{b}") for b in ("prompt", "pca")))
-    return out
+        tables[ds] = {}
+        for kl in budgets:
+            runs = coll[kl_budget(coll) == kl]
+            if ds not in set(runs["dataset"]):
+                continue
+            shown = powered_table(runs, scores, ds)
+            stats = shown.attrs["stats"]
+            tables[ds][f"{kl:g}"] = quality_rows(stats)
+            n_dilemmas[ds] = max(n_dilemmas.get(ds, 0), int(pd.to_numeric(stats.get("n_dilemmas"), errors="coerce").max()))
+            atomic_write_text(out / f"powered_{ds}_kl{kl:g}.md", to_markdown(shown) + "\n")
+        corr = audit_correlations(coll[coll["dataset"] == ds], ds).attrs["stats"].set_index("metric")
+        per_method = {r["method"]: r["audit"] for rows in tables[ds].values() for r in rows}
+        audit[ds] = {"per_method": per_method, "corr_with_raw_shift": corr["corr_with_raw_shift"].to_dict(),
+                     "corr_with_abs_raw_shift": corr["corr_with_abs_raw_shift"].to_dict(),
+                     "corr_with_effect": corr["corr_with_effect"].to_dict(), "n_runs": corr["n_runs"].to_dict()}
+    return {"tables": tables, "audit": audit, "n_dilemmas": n_dilemmas}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=METHODS)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--one-seed", default="lora,random", help="seed-dependent methods run with one seed (time budget)")
-    ap.add_argument("--eval-limit", type=int, default=120, help="rows per dataset (whole dilemmas)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig)")
-    ap.add_argument("--n-pairs", type=int, default=128, help="training pairs shared by every method")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds of every method with randomness (LoRA family included)")
+    ap.add_argument("--random-seeds", type=int, default=10, help="random-direction seeds: the null distribution")
+    ap.add_argument("--kl", default=KL_BUDGETS, help="comma list of KL budgets (mean token KL), gentle then strong")
+    ap.add_argument("--datasets", default=DATASETS)
+    ap.add_argument("--eval-limit", type=int, default=None, help="rows per dataset (default: the whole reporting half)")
+    ap.add_argument("--n-pairs", type=int, default=None, help="cap the training pairs (default: the concept's)")
+    ap.add_argument("--model", default="smollm2-135m", help="smoke-test the bench with tiny-llama")
+    ap.add_argument("--pmass-min", type=float, default=0.1, help="0 for the tiny random model's smoke run")
     ap.add_argument("--root", type=Path, default=Path("runs/bench-quality"))
-    ap.add_argument("--out", type=Path, default=Path("results/quality"))
+    ap.add_argument("--out", type=Path, default=Path("results/quality"), help="markdown tables per dataset × budget")
+    ap.add_argument("--max-hours", type=float, default=None, help="stop starting new runs after this long")
+    ap.add_argument("--aggregate-only", action="store_true")
+    ap.add_argument("--name", default="quality", help="bench/results/<name>.json")
     args = ap.parse_args()
-    datasets = ["dd-honesty", "truthfulqa"]
-    methods = args.methods.split(",")
-    one = [m for m in methods if m in args.one_seed.split(",")]
-    cfgs = [c for group, seeds in ((one, 1), ([m for m in methods if m not in one], args.seeds)) if group
-            for c in compare_configs(group, seeds, "smollm2-135m", "honesty", datasets, [-1.0, 0.0, 1.0],
-                                     args.eval_limit, "report", args.steps, n_pairs=args.n_pairs)]
-    t = time.perf_counter()
-    res = run_compare(cfgs, args.root, args.out)
-    coll = collect(args.root)
-    coll = coll[coll["run_hash"].isin({c.content_hash() for c in cfgs})]
-    stats = {ds: table1(coll, ds).attrs["stats"] for ds in datasets}
-    write("quality", {
-        "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 dequantized to fp32)",
-        "sizes": {"methods": methods, "seeds": args.seeds, "one_seed": one, "eval_limit": args.eval_limit,
-                  "eval_part": "report", "steps": args.steps, "n_pairs": args.n_pairs, "coeffs": [-1, 0, 1], "n_runs": len(cfgs)},
-        "wall_time_s_this_invocation": round(time.perf_counter() - t, 1),
-        "compute_s_all_runs": round(sum(json.loads((args.root / "runs" / c.content_hash() / "config.json").read_text())
-                                        .get("wall_seconds", 0.0) for c in cfgs), 1),
-        "note": "runs are cached by config hash; compute_s_all_runs sums each run's recorded wall time "
-                "(fits included), measured with OMP_NUM_THREADS=1 while another benchmark shared the 2 cores",
-        "failed": res.summary.failed,
-        "table1": {ds: s.to_dict(orient="records") for ds, s in stats.items()},
-        "target": verdict(stats["dd-honesty"], "dd-honesty"),
-    })
-    write_compact(coll, stats, args.out / "summary.md")
-    print((args.out / "summary.md").read_text())
+    budgets, datasets = [float(b) for b in args.kl.split(",")], args.datasets.split(",")
+    cfgs = plan(args.methods.split(","), args.seeds, args.random_seeds, budgets, datasets, args.model,
+                args.eval_limit, args.n_pairs, args.pmass_min)
+    t0 = time.perf_counter()
 
+    def report(failed: list[dict]) -> None:
+        n_done = sum((run_dir(c, args.root) / "DONE").is_file() for c in cfgs)
+        compute = sum(json.loads((run_dir(c, args.root) / "config.json").read_text()).get("wall_seconds", 0.0)
+                      for c in cfgs if (run_dir(c, args.root) / "DONE").is_file())
+        write(args.name, _clean({
+            "model": args.model, "kl_budgets": budgets, "kl_stat": "mean",
+            "sizes": {"methods": args.methods, "seeds": args.seeds, "random_seeds": args.random_seeds,
+                      "datasets": datasets, "eval_part": "report", "eval_limit": args.eval_limit,
+                      "n_pairs": args.n_pairs, "coeffs_budget_units": [-1, 0, 1]},
+            "complete": n_done == len(cfgs), "n_runs_done": n_done, "n_runs_planned": len(cfgs),
+            "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1), "compute_s_done_runs": round(compute, 1),
+            "failed": failed, **aggregate(cfgs, args.root, budgets, datasets, args.out)}))
 
-def write_compact(coll, stats: dict, path: Path) -> None:
-    """A short README table per dataset: effect with CI and p, dNLL, Gain, and the raw Yes-shift (mean over seeds)."""
-    lines = []
-    for ds, st in stats.items():
-        raw = coll[coll["dataset"] == ds].groupby("method")["raw_shift"].mean()
-        lines += [f"**{ds}**", "", "| method | seeds | effect per unit c [95% CI] | p | ΔNLL at |c|=1 | Gain | raw Yes-shift per unit c |",
-                  "|---|---|---|---|---|---|---|"]
-        for _, r in st.iterrows():
-            lines.append(f"| {r['label']} | {int(r['n_seeds'])} | {r['effect']:+.3f} [{r['effect_lo']:+.3f}, {r['effect_hi']:+.3f}] | "
-                         f"{r['effect_p']:.2g} | {r['dnll']:.3f} | {r['gain']:.0f} | {raw.get(r['method'], np.nan):+.3f} |")
-        lines.append("")
-    atomic_write_text(path, "\n".join(lines))
+    failed = [] if args.aggregate_only else run_units(cfgs, args.root, args.max_hours, report,
+                                                           lock=not args.model.startswith("tiny-"))
+    report(failed)
 
 
 if __name__ == "__main__":
