@@ -8,19 +8,15 @@ KL budget, over many seeds, give the null band for both. Resumable: every unit i
 config hash), done in a fixed priority order, so a stopped bench continues where it left off and a partial one
 already answers the main question. Run it in the background:
     nohup .venv/bin/python bench/budget.py > budget.log 2>&1 &
-(each run holds /tmp/innerpissa-heavy.lock while it computes, so other heavy jobs on the machine interleave).
+(each run holds /tmp/innerpissa-heavy.lock while it computes: `common.run_units`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import sys
 import time
-import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write  # noqa: E402
+from common import run_units, write  # noqa: E402
 
 from innerpissa.eval.control import null_band  # noqa: E402
 from innerpissa.eval.metrics import summarize  # noqa: E402
 from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
 from innerpissa.experiments.evaluate import _clean  # noqa: E402
-from innerpissa.experiments.run import RunConfig, run_dir, run_one  # noqa: E402
+from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 
 DATASET = "dd-honesty"
 TARGET = "Value/honesty"
@@ -170,17 +166,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-@contextlib.contextmanager
-def heavy_lock(path: str = "/tmp/innerpissa-heavy.lock") -> Iterator[None]:
-    """Hold an exclusive flock on `path` (shared with other heavy jobs on this machine) for the block."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="reprpo-v0,antipasto,seed")
@@ -194,38 +179,27 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="smoke-test the bench with tiny-llama")
     ap.add_argument("--pmass-min", type=float, default=0.1, help="0 for the tiny random model's smoke run")
     ap.add_argument("--eval-limit", type=int, default=None, help="rows of dd-honesty (default: the whole reporting half)")
+    ap.add_argument("--name", default="budget", help="bench/results/<name>.json and .png (e.g. budget_smoke)")
     args = ap.parse_args()
     recipes, budgets = args.recipes.split(","), args.budgets.split(",")
     if budgets[-1] != "full":
         ap.error("--budgets must end with 'full'")
     cfgs = units(recipes, budgets, args.seeds, args.random_seeds, args.kl, args.model, args.eval_limit, args.pmass_min)
     t0 = time.perf_counter()
-    failed = []
-    for i, cfg in enumerate(cfgs):
-        if args.aggregate_only or (run_dir(cfg, args.root) / "DONE").is_file():
-            continue
-        if args.max_hours and time.perf_counter() - t0 > args.max_hours * 3600:
-            print("time budget reached: stopping (rerun to continue)", flush=True)
-            break
-        print(f"[{i + 1}/{len(cfgs)}] {cfg.method} {cfg.params} seed {cfg.seed}", flush=True)
-        t = time.perf_counter()
-        try:
-            with heavy_lock():  # one heavy job at a time on this machine, taken per run so others can interleave
-                run_one(cfg, args.root)
-        except Exception as e:  # recorded in the run's error.json; the bench goes on
-            failed.append({"run": cfg.model_dump(mode="json"), "error": f"{type(e).__name__}: {e}"})
-            traceback.print_exc()
-        print(f"    {time.perf_counter() - t:.0f} s", flush=True)
+
+    def report(failed: list[dict]) -> dict[str, Any]:
         result = aggregate(cfgs, args.root, recipes, budgets)
         _write(result, cfgs, args, failed, t0)
-    result = aggregate(cfgs, args.root, recipes, budgets)
-    _write(result, cfgs, args, failed, t0)
-    print(json.dumps(result["recipes"], indent=1, default=str))
+        return result
+
+    failed = [] if args.aggregate_only else run_units(cfgs, args.root, args.max_hours, report,
+                                                      lock=not args.model.startswith("tiny-"))
+    print(json.dumps(report(failed)["recipes"], indent=1, default=str))
 
 
 def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed: list, t0: float) -> None:
     n_done = sum((run_dir(c, args.root) / "DONE").is_file() for c in cfgs)
-    write("budget", _clean({
+    write(args.name, _clean({
         "model": args.model, "sizes": {"recipes": args.recipes, "budgets": args.budgets, "seeds": args.seeds,
                   "random_seeds": args.random_seeds, "kl_budget": args.kl, "kl_stat": "mean", "dataset": DATASET,
                   "eval_part": "report (all of its dilemmas)", "coeffs_budget_units": [-1, 0, 1]},
@@ -238,7 +212,7 @@ def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed
     }))
     if result["budget_curve"]:
         from common import RESULTS
-        plot(result, RESULTS / "budget.png")
+        plot(result, RESULTS / f"{args.name}.png")
 
 
 if __name__ == "__main__":
