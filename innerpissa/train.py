@@ -8,8 +8,9 @@
    separation (move the projection on u up at +1, down at −1) + coherence barrier (per-token NLL
    increase over the reference beyond τ, on that coefficient's "positive" sequence) + monotonic
    hinge on the answer log-prob gap across c = −1, 0, +1.
-4. Validate, early-stop on the validation loss, checkpoint atomically, and finally orient the sign
-   on validation pairs so +c moves toward the positive persona.
+4. Validate, early-stop on the validation loss, checkpoint atomically (all in `loop.Loop`, the loop every
+   trainable method shares; `Trainer` is its ReprPO objective), and finally orient the sign on validation
+   pairs so +c moves toward the positive persona.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from typing import Protocol
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,25 +34,9 @@ from .batching import Batch, encode_pairs
 from .capture import capture
 from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
-from .io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from .loop import Loop, TrainingDiverged, TrainResult
 from .models import decoder_layers, select_layers
 from .precision import autocast, resolve as resolve_precision
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss term became NaN/inf; the adapter was rolled back to the last good checkpoint."""
-
-
-@dataclass
-class TrainResult:
-    """What training produced: per-step log, best validation step, whether the sign was flipped."""
-
-    history: list[dict] = field(default_factory=list)
-    best_step: int = 0
-    best_val: float = math.inf
-    sign_flipped: bool = False
-    val_shift: float = 0.0  # mean projection(+1) − projection(−1) on validation pairs, after orientation
-    precision: str = "fp32"  # the resolved compute precision (innerpissa.precision)
 
 
 def pick_device(name: str) -> torch.device:
@@ -165,7 +150,7 @@ class InnerPiSSATrainable:
 
 
 class Trainer:
-    """Holds the model, data, caches and optimizer; `run()` trains and returns a TrainResult."""
+    """The ReprPO objective (model, data, reference caches, u) and its `loop`; `run()` returns a TrainResult."""
 
     def __init__(
         self,
@@ -183,7 +168,7 @@ class Trainer:
         self.adapter = InnerPiSSATrainable(model, adapter) if isinstance(adapter, AdapterConfig) else adapter
         self.lcfg, self.tcfg = loss_cfg, train_cfg
         self.attached = False
-        self.ckpt_dir, self.progress = ckpt_dir, progress
+        self.progress = progress
         self.device = pick_device(train_cfg.device)
         n_train = min(len(train_pairs), train_cfg.n_train or len(train_pairs))
         self.train_pairs = train_pairs.subset(list(range(n_train)))
@@ -207,6 +192,9 @@ class Trainer:
         # live reference: TV and the entropy margin need the frozen model's logits at every position (too big to cache)
         self.live_ref = loss_cfg.coh_kind == "tv" or loss_cfg.mono_kind == "entropy"
         self.ramp = 1.0  # constraint warm-up factor of the current optimizer step (1 when validating)
+        self.validates, self.shown = True, ("loss", "sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono")
+        self.early_stop_from = math.ceil(loss_cfg.warmup * self.total_steps)  # once the constraints are fully in
+        self.loop = Loop(self, train_cfg, ckpt_dir, progress)
 
     # ---- data ------------------------------------------------------------------------------
     def _encode(self, pairs: ContrastPairs, idx: list[int]) -> Batch:
@@ -368,84 +356,9 @@ class Trainer:
         logged["dlp_neg"] = float((lp[-1.0] - lp_zero).mean().detach())
         return total, logged
 
-    # ---- checkpoints -------------------------------------------------------------------------
-    def _state(self, step: int, result: TrainResult) -> tuple[dict[str, torch.Tensor], dict]:
-        params = self.adapter.parameters()
-        tensors = {f"param.{i}": p for i, p in enumerate(params)}
-        tensors.update({f"best.{i}": t for i, t in enumerate(self.best_params)})
-        tensors["rng.torch"] = torch.get_rng_state()  # data order is fixed up front; this covers any other draw
-        opt = self.opt.state_dict()
-        for i, st in opt["state"].items():
-            for k, v in st.items():
-                tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        meta = {
-            "step": step,
-            "param_groups": opt["param_groups"],
-            "scheduler": self.sched.state_dict(),
-            "history": result.history,
-            "best_step": result.best_step,
-            "best_val": result.best_val,
-            "bad_evals": self.bad_evals,
-        }
-        return tensors, meta
-
-    def save_checkpoint(self, step: int, result: TrainResult) -> None:
-        """Adapter, best adapter, optimizer, scheduler, step and log; atomic (tensors then meta)."""
-        if self.ckpt_dir is None:
-            return
-        tensors, meta = self._state(step, result)
-        atomic_save_tensors(tensors, self.ckpt_dir / "checkpoint.safetensors")
-        atomic_write_json(self.ckpt_dir / "checkpoint.json", meta)
-
-    def load_checkpoint(self, result: TrainResult) -> int:
-        """Restore the state written by save_checkpoint; returns the step to continue from."""
-        meta = read_json(self.ckpt_dir / "checkpoint.json")
-        tensors = load_tensors(self.ckpt_dir / "checkpoint.safetensors")
-        params = self.adapter.parameters()
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(tensors[f"param.{i}"])
-        self.best_params = [tensors[f"best.{i}"].to(self.device) for i in range(len(params))]
-        torch.set_rng_state(tensors["rng.torch"])
-        state = {}
-        for key, v in tensors.items():
-            if key.startswith("opt."):
-                _, i, k = key.split(".", 2)
-                state.setdefault(int(i), {})[k] = v.to(self.device) if k != "step" else v
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        self.sched.load_state_dict(meta["scheduler"])
-        result.history = meta["history"]
-        result.best_step, result.best_val = meta["best_step"], meta["best_val"]
-        self.bad_evals = meta["bad_evals"]
-        return int(meta["step"])
-
-    # ---- the loop ----------------------------------------------------------------------------
-    def _make_optimizer(self) -> None:
-        tc = self.tcfg
-        params = self.adapter.parameters()
-        self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        if tc.schedule == "onecycle":
-            self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                self.opt, max_lr=tc.lr, total_steps=self.total_steps, cycle_momentum=False,
-                pct_start=0.1 if self.total_steps != 10 else 0.15,  # torch divides by zero when pct_start·steps == 1
-            )
-        elif tc.schedule == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.total_steps)
-        else:
-            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
-
-    @torch.no_grad()
-    def validate(self, u: torch.Tensor) -> tuple[float, float]:
-        """(validation loss, mean projection shift +1 vs −1) on the validation pairs."""
-        idx = list(range(len(self.val_pairs)))
-        b = self._encode(self.val_pairs, idx)
-        ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.val_cache, self.val_pairs, self._span(b))
-        self.ramp = 1.0
-        total, logged = self.step_loss(b, ref, u)
-        return float(total), logged["shift_pos"] - logged["shift_neg"]
-
-    def prepare(self) -> None:
-        """Fix the batch order, cache the reference, compute u, attach the adapter, build the optimizer.
+    # ---- the objective the loop trains (loop.Objective) ---------------------------------------
+    def setup(self) -> None:
+        """Fix the batch order, cache the reference, compute u, attach the adapter.
 
         Seeds the global RNGs first, so the adapter's random init depends on the seed alone, not on what ran
         between constructing the trainer and running it."""
@@ -458,74 +371,53 @@ class Trainer:
         self.val_cache = self._build_cache(self.val_pairs, list(range(len(self.val_pairs))))
         self.adapter.attach(self)
         self.attached = True
-        self._make_optimizer()
-        self.best_params = [p.detach().clone() for p in self.adapter.parameters()]
-        self.bad_evals = 0
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The adapter's trainable tensors."""
+        return self.adapter.parameters()
+
+    def loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """ReprPO loss of micro-batch `micro` of optimizer step `step`, with the constraint warm-up of that step."""
+        idx = self.batches[step * self.tcfg.grad_accum + micro]
+        b = self._encode(self.train_pairs, idx)
+        ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.cache, self.train_pairs, self._span(b))
+        self.ramp = L.warmup_factor(step, self.total_steps, self.lcfg.warmup)
+        return self.step_loss(b, ref, self.u)
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and shift, for the loop's log and early stopping."""
+        val_loss, val_shift = self.validate(self.u)
+        return {"val_loss": val_loss, "val_shift": val_shift}
+
+    def finish(self, result: TrainResult) -> None:
+        """Orient the sign of the best adapter."""
+        self.orient(result)
+
+    @torch.no_grad()
+    def validate(self, u: torch.Tensor) -> tuple[float, float]:
+        """(validation loss, mean projection shift +1 vs −1) on the validation pairs."""
+        idx = list(range(len(self.val_pairs)))
+        b = self._encode(self.val_pairs, idx)
+        ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.val_cache, self.val_pairs, self._span(b))
+        self.ramp = 1.0
+        total, logged = self.step_loss(b, ref, u)
+        return float(total), logged["shift_pos"] - logged["shift_neg"]
+
+    # ---- training (the shared loop) -----------------------------------------------------------
+    def prepare(self) -> None:
+        """Set up (see `setup`) and build the loop's optimizer, ready for `optimizer_step`."""
+        self.loop.start()
 
     def optimizer_step(self, step: int) -> list[dict[str, float]]:
-        """One optimizer step over `grad_accum` micro-batches; returns each micro-batch's logged terms."""
-        self.opt.zero_grad(set_to_none=True)
-        logs = []
-        for k in range(self.tcfg.grad_accum):
-            idx = self.batches[step * self.tcfg.grad_accum + k]
-            b = self._encode(self.train_pairs, idx)
-            ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.cache, self.train_pairs, self._span(b))
-            self.ramp = L.warmup_factor(step, self.total_steps, self.lcfg.warmup)
-            total, logged = self.step_loss(b, ref, self.u)
-            (total / self.tcfg.grad_accum).backward()
-            logs.append(logged)
-        if self.tcfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.tcfg.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        return logs
+        """One optimizer step of the loop; returns each micro-batch's logged terms."""
+        return self.loop.optimizer_step(step)
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Train for `total_steps` (fixed `steps`, or `epochs` capped by `max_steps`) or until early stopping.
 
         `stop_after` simulates a crash.
         """
-        tc = self.tcfg
-        result = TrainResult(precision=self.precision)
-        self.prepare()
-        start = 0
-        if resume and self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
-            start = self.load_checkpoint(result)
-        total = self.total_steps
-        ready = math.ceil(self.lcfg.warmup * total)  # early stopping waits until the constraints are fully in
-        bar = tqdm(range(start, total), desc="train", disable=not self.progress, initial=start, total=total)
-        for step in bar:
-            if stop_after is not None and step >= stop_after:
-                break
-            try:
-                logs = self.optimizer_step(step)
-            except TrainingDiverged as e:
-                if self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists():
-                    self.load_checkpoint(result)
-                raise TrainingDiverged(f"{e} at step {step}; adapter rolled back to the last good checkpoint") from None
-            row = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
-            row.update(step=step + 1, lr=self.sched.get_last_lr()[0])
-            if (step + 1) % tc.eval_every == 0 or step + 1 == total:
-                row["val_loss"], row["val_shift"] = self.validate(self.u)
-                if step + 1 >= ready and row["val_loss"] < result.best_val - tc.min_delta:
-                    result.best_val, result.best_step = row["val_loss"], step + 1
-                    self.best_params = [p.detach().clone() for p in self.adapter.parameters()]
-                    self.bad_evals = 0
-                elif step + 1 >= ready:  # during the warm-up a validation is neither a best nor a miss
-                    self.bad_evals += 1
-            result.history.append(row)
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono")})
-            if (step + 1) % tc.checkpoint_every == 0:
-                self.save_checkpoint(step + 1, result)
-            if tc.patience is not None and self.bad_evals >= tc.patience:
-                break
-        if stop_after is not None and stop_after < total:
-            return result
-        with torch.no_grad():
-            for p, best in zip(self.adapter.parameters(), self.best_params):
-                p.copy_(best)
-        self.orient(result)
-        return result
+        return self.loop.run(TrainResult(precision=self.precision), resume, stop_after)
 
     @torch.no_grad()
     def orient(self, result: TrainResult) -> None:

@@ -1,8 +1,10 @@
 """Output-level rivals `bipo` and `dpo_lora`: the DPO/BiPO loss by hand, c = 0 identity, training moves the
-preference both ways, save/load, and selection in `compare`."""
+preference both ways, the shared loop reproduces the old DPO loop and resumes bit-identically, save/load, and
+selection in `compare`."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,8 +13,12 @@ import torch
 from innerpissa.concepts import concept_from_words, make_pairs
 from innerpissa.experiments.compare import compare_configs
 from innerpissa.loss import dpo
+from innerpissa.loop import Loop
+from innerpissa.models import decoder_layers
 from innerpissa.steerers import get_steerer, load_steerer
-from innerpissa.steerers._preference import preference_config, preference_data, reward_margins
+from innerpissa.steerers._addition import add_to_outputs
+from innerpissa.steerers._preference import (DPOObjective, loop_config, preference_config, preference_data,
+                                             reward_margins)
 from innerpissa.testing import tiny_model
 
 FAST = {"steps": 12, "batch_size": 4, "gen_tokens": 4}
@@ -102,3 +108,84 @@ def test_preference_data_scores_both_continuations_after_the_neutral_context():
         text = tok.decode(ctx_w)
         assert "Pretend you're a person." in text and "honest" not in text
         assert any(sfx and text.endswith(sfx) for sfx in PAIRS.suffixes)  # x ends with the shared suffix
+
+
+# Recorded from the hand-written `train_dpo` loop (commit 62dc095) that `loop.Loop` replaced: (sign, loss) per step.
+OLD_LOOP = {
+    "bipo": [(-1.0, 0.6931471824645996), (1.0, 0.6196125745773315), (1.0, 0.5851588845252991)],
+    "dpo_lora": [(1.0, 0.6931471824645996), (1.0, 0.5974738597869873), (1.0, 0.46510574221611023)],
+}
+
+
+@pytest.mark.parametrize("name", ["bipo", "dpo_lora"])
+def test_shared_loop_reproduces_the_old_dpo_loop(name):
+    model, tok = tiny_model("llama")
+    steerer = get_steerer(name, lr={"bipo": 0.05, "dpo_lora": 0.01}[name], **{**FAST, "steps": 3})
+    steerer.fit(model, tok, PAIRS, progress=False)
+    history = steerer.result["history"]
+    assert [h["step"] for h in history] == [1, 2, 3]  # the loop counts completed steps (train_dpo logged 0, 1, 2)
+    assert [h["sign"] for h in history] == [s for s, _ in OLD_LOOP[name]]
+    assert [h["loss"] for h in history] == pytest.approx([l for _, l in OLD_LOOP[name]], rel=1e-6, abs=1e-7)
+
+
+def _trained(steerer) -> list[torch.Tensor]:
+    """The fitted tensors: BiPO's vectors or the LoRA factors."""
+    if steerer.name == "bipo":
+        return list(steerer.tensors.values())
+    return [p.detach().clone() for p in steerer.handle.parameters()]
+
+
+@pytest.mark.parametrize("name", ["bipo", "dpo_lora"])
+def test_resume_after_a_crash_is_bit_identical(name, tmp_path, monkeypatch):
+    """10 steps, a checkpoint every 8 (TrainConfig's default): a fit killed in step 10 resumes from step 8 and ends
+    with the parameters and log of an unbroken fit; the checkpoint is safetensors + json (no pickle)."""
+    hp = dict(lr={"bipo": 0.05, "dpo_lora": 0.01}[name], **{**FAST, "steps": 10})
+
+    def fit(ckpt, resume=False):
+        model, tok = tiny_model("llama")
+        steerer = get_steerer(name, **hp)
+        steerer.fit(model, tok, PAIRS, ckpt_dir=ckpt, resume=resume, progress=False)
+        return steerer
+
+    full = fit(tmp_path / "a")
+    loss = DPOObjective.loss
+
+    def crash(self, step, micro):
+        if step == 9:
+            raise KeyboardInterrupt("killed")
+        return loss(self, step, micro)
+
+    with monkeypatch.context() as m:
+        m.setattr(DPOObjective, "loss", crash)
+        with pytest.raises(KeyboardInterrupt):
+            fit(tmp_path / "b")
+    ckpt = tmp_path / "b"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    assert meta["step"] == 8 and len(meta["history"]) == 8
+    raw = (ckpt / "checkpoint.safetensors").read_bytes()
+    header = json.loads(raw[8: 8 + int.from_bytes(raw[:8], "little")])  # safetensors: length, json header, data
+    assert {k.split(".")[0] for k in header if k != "__metadata__"} == {"param", "best", "rng", "opt"}
+    resumed = fit(ckpt, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(_trained(full), _trained(resumed)))
+    assert resumed.result["history"] == full.result["history"]
+
+
+def test_loop_stop_after_then_resume_is_bit_identical(tmp_path):
+    """`Loop.run(stop_after=...)` (the trainer's crash simulation) on the BiPO objective, then resume."""
+    model, tok = tiny_model("llama")
+    cfg = preference_config("bipo", lr=0.05, **{**FAST, "steps": 10})
+    data = preference_data(model, tok, PAIRS, cfg, progress=False)
+    d = model.get_input_embeddings().embedding_dim
+    layer = decoder_layers(model)[1]
+
+    def run(ckpt, **kw):
+        v = torch.nn.Parameter(torch.zeros(d))
+        objective = DPOObjective(model, data, [v], lambda c: add_to_outputs([(layer, v)], c), cfg, bidirectional=True)
+        return v, Loop(objective, loop_config(cfg), ckpt, progress=False).run(**kw)
+
+    want, full = run(tmp_path / "a")
+    _, crashed = run(tmp_path / "b", stop_after=9)
+    assert len(crashed.history) == 9
+    got, resumed = run(tmp_path / "b", resume=True)
+    assert torch.equal(want, got) and resumed.history == full.history

@@ -121,7 +121,7 @@ def test_bf16_training_keeps_losses_grads_and_state_fp32(model) -> None:
     tr.optimizer_step(0)
     params = tr.adapter.parameters()
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params)
-    assert all(v.dtype == torch.float32 for st in tr.opt.state.values() for k, v in st.items() if k != "step")
+    assert all(v.dtype == torch.float32 for st in tr.loop.opt.state.values() for k, v in st.items() if k != "step")
 
 
 def test_resolved_precision_recorded(model, tmp_path) -> None:

@@ -71,14 +71,14 @@ def test_patience_stops_early_and_keeps_the_best_validated_adapter(monkeypatch):
     scripted = iter([3.0, 2.0, 2.5, 2.6] + [0.1] * 9)  # best at step 2, then 2 worse
     monkeypatch.setattr(tr, "validate", lambda u: (next(scripted), 1.0))
     after_step = {}
-    step = tr.optimizer_step
+    step = tr.loop.optimizer_step
 
     def record(i):
         out = step(i)
         after_step[i + 1] = [p.detach().clone() for p in trainable_parameters(tr.model)]
         return out
 
-    monkeypatch.setattr(tr, "optimizer_step", record)
+    monkeypatch.setattr(tr.loop, "optimizer_step", record)
     res = tr.run()
     assert len(res.history) == 4 and sorted(after_step) == [1, 2, 3, 4]  # stopped after the 2nd bad validation
     assert (res.best_step, res.best_val) == (2, 2.0)

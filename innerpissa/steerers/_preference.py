@@ -1,4 +1,5 @@
-"""Preference data from persona pairs and the DPO loop shared by the output-level rivals `bipo` and `dpo_lora`.
+"""Preference data from persona pairs and the DPO objective shared by the output-level rivals `bipo` and
+`dpo_lora` (trained by `loop.Loop`, the loop every trainable method shares: checkpoints and resume included).
 
 Preference data (BiPO/DPO style, built from our contrastive pairs): for pair i the frozen base model greedily
 continues the shared suffix for `gen_tokens` tokens once under the positive persona (→ y_w) and once under the
@@ -24,13 +25,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import chat_text, encode
 from ..concepts import ContrastPairs
-from ..config import validation_message
+from ..config import TrainConfig, validation_message
+from ..loop import TrainResult
 from ..loss import dpo
 from ._addition import sorted_chunks, unsort
 
 
 class PreferenceConfig(BaseModel):
-    """DPO-loop settings shared by bipo and dpo_lora (AdamW at a constant rate, `steps` random batches)."""
+    """DPO settings shared by bipo and dpo_lora (AdamW at a constant rate, `steps` random batches)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -153,33 +155,55 @@ def reward_margins(model: PreTrainedModel, data: PreferenceData, steer: Callable
     return torch.cat(out)
 
 
-def train_dpo(model: PreTrainedModel, data: PreferenceData, params: list[nn.Parameter],
-              steer: Callable[[float], ContextManager[None]], cfg: PreferenceConfig, bidirectional: bool,
-              progress: bool = True) -> list[dict[str, float]]:
-    """Minimise the DPO loss over `params` for `cfg.steps` random batches; returns the per-step history.
+def loop_config(cfg: PreferenceConfig) -> TrainConfig:
+    """The shared loop's settings for a DPO-style fit: AdamW (no weight decay) at a constant rate, no clipping."""
+    return TrainConfig(lr=cfg.lr, weight_decay=0.0, schedule="constant", steps=cfg.steps, grad_accum=1)
+
+
+class DPOObjective:
+    """The DPO loss over `params` for `cfg.steps` random batches, for `loop.Loop` (no validation: the last step wins).
 
     bidirectional=False: standard DPO with the policy at c = +1. bidirectional=True (BiPO): each step draws
     d ∈ {+1, −1}, runs the policy at c = d and flips the preference with it (`loss.dpo(..., sign=d)`).
     """
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    history = []
-    bar = tqdm(range(cfg.steps), desc="dpo", disable=not progress, leave=False)
-    for step in bar:
-        idx = torch.randperm(len(data), generator=gen)[: cfg.batch_size]
-        d = -1.0 if bidirectional and torch.rand((), generator=gen) < 0.5 else 1.0
-        rows = data.rows(idx)
-        with steer(d):
-            logp = seq_logps(model, data, rows)
-        ref = data.ref_logp[rows].to(logp.device)
+
+    validates, early_stop_from, shown = False, 0, ("loss", "sign")
+
+    def __init__(self, model: PreTrainedModel, data: PreferenceData, params: list[nn.Parameter],
+                 steer: Callable[[float], ContextManager[None]], cfg: PreferenceConfig, bidirectional: bool) -> None:
+        self.model, self.data, self.params, self.steer = model, data, params, steer
+        self.cfg, self.bidirectional, self.total_steps = cfg, bidirectional, cfg.steps
+
+    def setup(self) -> None:
+        """Draw every step's batch and sign up front from the seed (so a resumed run draws the same)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        self.draws: list[tuple[torch.Tensor, float]] = []
+        for _ in range(self.total_steps):
+            idx = torch.randperm(len(self.data), generator=gen)[: self.cfg.batch_size]
+            d = -1.0 if self.bidirectional and torch.rand((), generator=gen) < 0.5 else 1.0
+            self.draws.append((idx, d))
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trained tensors (steering vectors or LoRA factors)."""
+        return self.params
+
+    def loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """DPO loss of step `step`'s batch with the policy at c = d (one micro-batch per step)."""
+        idx, d = self.draws[step]
+        rows = self.data.rows(idx)
+        with self.steer(d):
+            logp = seq_logps(self.model, self.data, rows)
+        ref = self.data.ref_logp[rows].to(logp.device)
         b = len(idx)
-        loss = dpo(logp[:b], logp[b:], ref[:b], ref[b:], cfg.beta, sign=d)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"step": step, "sign": d, "loss": loss.item()})
-        bar.set_postfix(loss=f"{loss.item():.4f}", d=f"{d:+g}")
-    return history
+        loss = dpo(logp[:b], logp[b:], ref[:b], ref[b:], self.cfg.beta, sign=d)
+        return loss, {"sign": d, "loss": float(loss.detach())}
+
+    def evaluate(self) -> dict[str, float]:
+        """Never called (validates is False): the fit's validation is `fit_record`'s reward margins."""
+        return {}
+
+    def finish(self, result: TrainResult) -> None:
+        """Nothing to do after training: +c is the preferred direction by construction."""
 
 
 def fit_record(model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None,

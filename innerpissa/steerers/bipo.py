@@ -22,9 +22,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
 from ..io import atomic_write_json
+from ..loop import Loop
 from ..models import decoder_layers
 from ._addition import AdditionSteerer, add_to_outputs, fitted_layers
-from ._preference import fit_record, preference_config, preference_data, train_dpo
+from ._preference import DPOObjective, fit_record, loop_config, preference_config, preference_data
 
 
 class BiPOSteerer(AdditionSteerer):
@@ -45,7 +46,9 @@ class BiPOSteerer(AdditionSteerer):
         self.result: dict[str, Any] | None = None
 
     def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs,
-            val: ContrastPairs | None = None, progress: bool = True) -> None:
+            val: ContrastPairs | None = None, ckpt_dir: Path | None = None, resume: bool = False,
+            progress: bool = True) -> None:
+        """Train the vectors with the shared loop (checkpoints in `ckpt_dir`, `resume` continues them)."""
         blocks = decoder_layers(model)
         device = next(model.parameters()).device
         d = model.get_input_embeddings().embedding_dim
@@ -55,7 +58,8 @@ class BiPOSteerer(AdditionSteerer):
             return add_to_outputs([(blocks[l], v) for l, v in vs.items()], c)
 
         data = preference_data(model, tokenizer, pairs, self.cfg, progress)
-        history = train_dpo(model, data, list(vs.values()), steer, self.cfg, bidirectional=True, progress=progress)
+        objective = DPOObjective(model, data, list(vs.values()), steer, self.cfg, bidirectional=True)
+        history = Loop(objective, loop_config(self.cfg), ckpt_dir, progress, desc="bipo").run(resume=resume).history
         self.tensors = {f"layer.{l}": v.detach().float().cpu().contiguous() for l, v in vs.items()}
         self.result = fit_record(model, tokenizer, pairs, val, data, history, steer, self.cfg, progress)
 

@@ -19,7 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
 from ..io import atomic_write_json
-from ._preference import fit_record, preference_config, preference_data, train_dpo
+from ..loop import Loop
+from ._preference import DPOObjective, fit_record, loop_config, preference_config, preference_data
 from .peft_lora import PeftSteerer, PeftTrainable
 
 
@@ -49,12 +50,15 @@ class DpoLoraSteerer(PeftSteerer):
         return PeftTrainable(model, self.variant, self.r, self.alpha, self.target_modules, self.layer_range, self.cfg.seed)
 
     def fit(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs,
-            val: ContrastPairs | None = None, progress: bool = True) -> None:
+            val: ContrastPairs | None = None, ckpt_dir: Path | None = None, resume: bool = False,
+            progress: bool = True) -> None:
+        """Train the adapter with the shared loop (checkpoints in `ckpt_dir`, `resume` continues them)."""
         data = preference_data(model, tok, pairs, self.cfg, progress)  # before attaching: the base model generates
         self.handle = self._handle(model)
         self.handle.attach()
-        history = train_dpo(model, data, self.handle.parameters(), self.handle.steer, self.cfg,
-                            bidirectional=False, progress=progress)
+        objective = DPOObjective(model, data, self.handle.parameters(), self.handle.steer, self.cfg,
+                                 bidirectional=False)
+        history = Loop(objective, loop_config(self.cfg), ckpt_dir, progress, desc="dpo").run(resume=resume).history
         self.result = fit_record(model, tok, pairs, val, data, history, self.handle.steer, self.cfg, progress)
 
     def save(self, path: Path) -> None:
