@@ -1,8 +1,8 @@
 """Did InnerPiSSA learn, and does it transfer? Per recipe and training budget (issue 8 §4) -> bench/results/budget.json + PNG.
 
-For each recipe × budget × seed: fit on the honesty pairs, calibrate to one KL budget (the same strength for every
+For each recipe × budget × seed: fit on the concept's pairs (honesty by default; `--concept care` etc.), calibrate to one KL budget (the same strength for every
 run), then (1) the positive control on the held-out validation suffixes (`eval.control`: r between the steering's
-per-token log-prob change and the persona difference) and (2) transfer on the whole `dd-honesty` reporting half
+per-token log-prob change and the persona difference) and (2) transfer on the whole reporting half of the concept's dataset (`dd-honesty`)
 (side-balanced, so neither a Yes-shift nor a shift toward acting can pass as honesty). Random directions at the same
 KL budget, over many seeds, give the null band for both. Resumable: every unit is a run under --root (cached by
 config hash), done in a fixed priority order, so a stopped bench continues where it left off and a partial one
@@ -26,28 +26,30 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from common import run_units, write  # noqa: E402
 
+from innerpissa.concepts import load_concept  # noqa: E402
 from innerpissa.eval.control import null_band  # noqa: E402
 from innerpissa.eval.metrics import summarize  # noqa: E402
 from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
 from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 
-DATASET = "dd-honesty"
-TARGET = "Value/honesty"
+HONESTY = "honesty"
 
 
 def units(recipes: list[str], budgets: list[str], seeds: int, random_seeds: int, kl: float,
-          model: str = "smollm2-135m", eval_limit: int | None = None, pmass_min: float = 0.1) -> list[RunConfig]:
+          model: str = "smollm2-135m", eval_limit: int | None = None, pmass_min: float = 0.1,
+          concept: str = HONESTY, dataset: str = "dd-honesty") -> list[RunConfig]:
     """Every run of the bench, in the order that answers the main question first: a few random seeds, each recipe at
     its full budget with seed 0, the other seeds, the shorter budgets, then the rest of the null."""
     def ip(recipe: str, budget: str, seed: int) -> RunConfig:
         train = {} if budget == "full" else {"steps": int(budget), "patience": None}
         return RunConfig(method="innerpissa", params={"recipe": recipe, **({"train": train} if train else {})},
-                         seed=seed, datasets=(DATASET,), eval_part="report", kl=kl, model=model, eval_limit=eval_limit, pmass_min=pmass_min)
+                         seed=seed, datasets=(dataset,), eval_part="report", kl=kl, model=model, eval_limit=eval_limit, pmass_min=pmass_min,
+                         concept=concept)
 
     def rnd(seed: int) -> RunConfig:
-        return RunConfig(method="random", seed=seed, datasets=(DATASET,), eval_part="report", kl=kl, model=model,
-                         eval_limit=eval_limit, pmass_min=pmass_min)
+        return RunConfig(method="random", seed=seed, datasets=(dataset,), eval_part="report", kl=kl, model=model,
+                         eval_limit=eval_limit, pmass_min=pmass_min, concept=concept)
 
     order = [rnd(s) for s in range(min(3, random_seeds))]
     order += [ip(r, budgets[-1], 0) for r in recipes]
@@ -57,21 +59,21 @@ def units(recipes: list[str], budgets: list[str], seeds: int, random_seeds: int,
     return order
 
 
-def seed_pooled(scores: pd.DataFrame) -> dict[str, Any]:
+def seed_pooled(scores: pd.DataFrame, dataset: str, target: str) -> dict[str, Any]:
     """Side-balanced summary of the seed-averaged log-ratios (rows × c averaged over seeds: one table, dilemma CI)."""
     keys = ["coeff", "row_id", "dilemma_id", "side"]
     labels = [c for c in scores.columns if c.startswith("label:")]
     avg = scores.groupby(keys, dropna=False).agg({"logratio": "mean", "pmass": "mean", "nll": "mean",
                                                  **{c: "first" for c in labels}}).reset_index()
-    avg = avg.assign(method="pooled", seed=0, dataset=DATASET)
-    return summarize(avg, TARGET, n_boot=2000)
+    avg = avg.assign(method="pooled", seed=0, dataset=dataset)
+    return summarize(avg, target, n_boot=2000)
 
 
-def transfer_block(coll: pd.DataFrame, scores: pd.DataFrame, hashes: list[str], null: dict) -> dict[str, Any]:
-    rows = coll[coll["run_hash"].isin(hashes) & (coll["dataset"] == DATASET)]
+def transfer_block(coll: pd.DataFrame, scores: pd.DataFrame, hashes: list[str], null: dict, dataset: str) -> dict[str, Any]:
+    rows = coll[coll["run_hash"].isin(hashes) & (coll["dataset"] == dataset)]
     if rows.empty:
         return {}
-    s = seed_pooled(scores[scores["run_hash"].isin(hashes)])
+    s = seed_pooled(scores[scores["run_hash"].isin(hashes)], dataset, str(rows["target_dim"].iloc[0]))
     out = {"effect": s["effect"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "p_yesbias": s["p"],
            "action_bias": s["action_bias"], "effect_pooled_unbalanced": s["effect_pooled"], "dnll": s["dnll"],
            "raw_shift": s["raw_shift"], "n_dilemmas": int(s["n_dilemmas"]), "seeds": int(rows["seed"].nunique()),
@@ -115,8 +117,9 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
     coll = collect(root)
     coll = coll[coll["run_hash"].isin({c.content_hash() for c in done})]
     scores = load_scores(root, [c.content_hash() for c in done])
+    dataset = cfgs[0].datasets[0]
     rnd = [c.content_hash() for c in done if c.method == "random"]
-    r_rows = coll[coll["run_hash"].isin(rnd) & (coll["dataset"] == DATASET)]
+    r_rows = coll[coll["run_hash"].isin(rnd) & (coll["dataset"] == dataset)]
     null_t = null_band(_num(r_rows, "effect"))
     null_c = null_band(_num(r_rows, "control_score"))
     out: dict[str, Any] = {"recipes": {}, "budget_curve": [],
@@ -130,7 +133,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
             if not hs:
                 continue
             block = {"budget": b, "positive_control": control_block(coll, hs, null_c),
-                     "transfer": transfer_block(coll, scores, hs, null_t)}
+                     "transfer": transfer_block(coll, scores, hs, null_t, dataset)}
             fits = coll[coll["run_hash"].isin(hs)]
             block["train_steps_mean"] = _mean(fits, "env.fit.steps") if "env.fit.steps" in fits else None
             block["fit_seconds_mean"] = _mean(fits, "env.fit.seconds")
@@ -140,7 +143,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
     return out
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path, dataset: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -148,7 +151,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     curve = pd.DataFrame(result["budget_curve"])
     for ax, key, field, title in ((axes[0], "positive_control", "score", "positive control r (held-out suffixes)"),
-                                  (axes[1], "transfer", "effect", "dd-honesty effect, side-balanced (nats/unit)")):
+                                  (axes[1], "transfer", "effect", f"{dataset} effect, side-balanced (nats/unit)")):
         rnd = result["random"]["control_scores" if key == "positive_control" else "transfer_effects"]
         nb = null_band(rnd)
         if np.isfinite(nb["null_hi"]):
@@ -169,6 +172,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default="reprpo-v0,antipasto,seed")
+    ap.add_argument("--concept", default=HONESTY, help="a built-in concept (or YAML); measured on its `dataset:`")
+    ap.add_argument("--dataset", default=None, help="transfer set (default: the concept's dataset, e.g. dd-care)")
     ap.add_argument("--budgets", default="full", help="comma list of step counts, ending with 'full'")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--random-seeds", type=int, default=10)
@@ -179,12 +184,18 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="smoke-test the bench with tiny-llama")
     ap.add_argument("--pmass-min", type=float, default=0.1, help="0 for the tiny random model's smoke run")
     ap.add_argument("--eval-limit", type=int, default=None, help="rows of dd-honesty (default: the whole reporting half)")
-    ap.add_argument("--name", default="budget", help="bench/results/<name>.json and .png (e.g. budget_smoke)")
+    ap.add_argument("--name", default=None, help="bench/results/<name>.json and .png (default budget, or "
+                    "budget_<concept> for another concept)")
     args = ap.parse_args()
     recipes, budgets = args.recipes.split(","), args.budgets.split(",")
+    args.dataset = args.dataset or load_concept(args.concept).dataset
+    if not args.dataset:
+        ap.error(f"concept {args.concept!r} names no dataset: pass --dataset")
+    args.name = args.name or ("budget" if args.concept == HONESTY else f"budget_{Path(args.concept).stem}")
     if budgets[-1] != "full":
         ap.error("--budgets must end with 'full'")
-    cfgs = units(recipes, budgets, args.seeds, args.random_seeds, args.kl, args.model, args.eval_limit, args.pmass_min)
+    cfgs = units(recipes, budgets, args.seeds, args.random_seeds, args.kl, args.model, args.eval_limit, args.pmass_min,
+                 args.concept, args.dataset)
     t0 = time.perf_counter()
 
     def report(failed: list[dict]) -> dict[str, Any]:
@@ -201,7 +212,7 @@ def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed
     n_done = sum((run_dir(c, args.root) / "DONE").is_file() for c in cfgs)
     write(args.name, _clean({
         "model": args.model, "sizes": {"recipes": args.recipes, "budgets": args.budgets, "seeds": args.seeds,
-                  "random_seeds": args.random_seeds, "kl_budget": args.kl, "kl_stat": "mean", "dataset": DATASET,
+                  "random_seeds": args.random_seeds, "kl_budget": args.kl, "kl_stat": "mean", "concept": args.concept, "dataset": args.dataset,
                   "eval_part": "report (all of its dilemmas)", "coeffs_budget_units": [-1, 0, 1]},
         "complete": n_done == len(cfgs), "n_runs_done": n_done, "n_runs_planned": len(cfgs),
         "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1), "failed": failed,
@@ -212,7 +223,7 @@ def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed
     }))
     if result["budget_curve"]:
         from common import RESULTS
-        plot(result, RESULTS / f"{args.name}.png")
+        plot(result, RESULTS / f"{args.name}.png", args.dataset)
 
 
 if __name__ == "__main__":
