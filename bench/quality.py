@@ -37,6 +37,7 @@ DATASETS = "dd-honesty,truthfulqa"
 # gentle: about the cost of today's random direction at c = 1 (dNLL ~0.05-0.09 on dd-honesty prompts); strong:
 # 3x that, still inside the coherent range where the Yes/No answer keeps its probability mass (pmass >= 0.1)
 KL_BUDGETS = "0.1,0.3"
+SAMPLES = 8  # steered generations (c = -1, 0, +1) per run, in samples.json and the report
 
 
 def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float], datasets: list[str], model: str,
@@ -45,7 +46,7 @@ def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float]
     a budget seed 0 of every method, a few random seeds, the other seeds, then the rest of the null."""
     def cfgs(ms: list[str], n: int, kl: float) -> list[RunConfig]:
         return compare_configs(ms, n, model, "honesty", datasets, [-1.0, 0.0, 1.0], eval_limit, "report",
-                               n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
+                               samples=SAMPLES, n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
 
     order: list[RunConfig] = []
     for kl in budgets:
