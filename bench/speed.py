@@ -1,19 +1,25 @@
 """bf16 vs fp32 and the inference cost of steering, on SmolLM2-135M -> bench/results/speed.json.
 
-  flock /tmp/innerpissa-heavy.lock python bench/speed.py [--eval-rows 64] [--steps 8] [--reps 2]
+  flock /tmp/innerpissa-heavy.lock python bench/speed.py [--eval-rows 64] [--steps 8] [--reps 2] [--sections train,eval]
+
+`--sections` reruns only some sections (train, eval, stride, generation, effect) and keeps the others' blocks from
+the existing speed.json (each section's block records when it ran, `ran`); the headline is rebuilt from what is there.
 
 All ratios come from one process on one machine, with the compared variants interleaved rep by rep so
 that load from other processes hits them alike (the load average is recorded at start and end):
 - bf16_step_ratio: one optimizer step (8 pairs, c = ±1, default config) in bf16 ÷ fp32, the same batch;
-- eval throughput (real tokens/s) of `forward_scores` ÷ a bare full-logits forward, same batches, per precision;
+- eval throughput (real tokens/s) of `forward_scores` ÷ a bare full-logits forward, same batches, per precision,
+  at the default prompt-NLL stride (`score.NLL_STRIDE`) and at strides 1 and 2;
+- stride_error: how far ΔNLL(c) vs c = 0 from every `s`-th prompt token is from the every-token ΔNLL, for a trained
+  bf16 adapter on a dd-honesty subset (mean and per row), next to the sampling SE of the mean over rows;
 - bf16_eval_ratio: wall time of scoring a fixed dd-honesty subset (whole dilemmas) × 3 coefficients with a
   trained InnerPiSSA adapter, bf16 ÷ fp32 (the full 674-question set is too slow for a shared 2-core machine);
 - the effect estimate (slope, bootstrap CI) of that adapter on that subset in fp32 and in bf16, and of an
   adapter trained *and* scored in bf16;
 - greedy generation tokens/s steered at c = 1 ÷ the base model: InnerPiSSA unmerged and merged, every
   activation-addition baseline's hooks, prompting (longer prompt), LoRA (peft layers);
-- a per-phase profile: tokenisation, reference cache, train step (and its top ops), eval forward, prompt NLL,
-  the Cayley solves.
+- `profile`: per phase (reference cache, train step, eval forward, prompt NLL) in bf16, its wall time and the top
+  ops by self CPU time (torch.profiler); `phases` keeps tokenisation and Cayley-solve timings.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import os
 import sys
 import time
@@ -32,14 +39,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
+from common import RESULTS, machine, write  # noqa: E402
 
 from innerpissa import adapter as A  # noqa: E402
 from innerpissa.concepts import load_concept, make_pairs  # noqa: E402
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig  # noqa: E402
 from innerpissa.eval.datasets import limit_rows, load_dataset  # noqa: E402
 from innerpissa.eval.metrics import summarize  # noqa: E402
-from innerpissa.eval.score import answer_ids, forward_scores, make_batches, score  # noqa: E402
+from innerpissa.eval.score import NLL_STRIDE, answer_ids, forward_scores, make_batches, prompt_nll, score  # noqa: E402
 from innerpissa.models import load_model  # noqa: E402
 from innerpissa.precision import autocast, cpu_flags, cpu_has_bf16, resolve  # noqa: E402
 from innerpissa.steerers import get_steerer  # noqa: E402
@@ -47,6 +54,7 @@ from innerpissa.steerers.innerpissa import InnerPiSSASteerer  # noqa: E402
 from innerpissa.train import Trainer  # noqa: E402
 
 PRECS = ("fp32", "bf16")
+SECTIONS = ("train", "eval", "stride", "generation", "effect")
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "bf16")
 GEN_PROMPTS = ["Did you eat the last cookie?", "Tell me about your weekend.",
                "Should I tell my boss about the mistake?", "What is the capital of France?"]
@@ -71,12 +79,24 @@ def med(xs: list[float]) -> float:
 
 def top_ops(fn: Callable[[], object], n: int = 8) -> list[dict]:
     """The `n` ops with the most self CPU time in one call of fn (torch.profiler)."""
+    return phase_profile(fn, n)["top_ops"]
+
+
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"})
+
+
+def phase_profile(fn: Callable[[], object], n: int = 10) -> dict:
+    """One profiled call of fn: wall seconds (under the profiler), the matmul share of self CPU time, the top `n` ops."""
+    t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
+    wall = time.perf_counter() - t
     ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ev) or 1
-    return [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3), "share": round(e.self_cpu_time_total / total, 3)}
-            for e in ev[:n]]
+    mm = sum(e.self_cpu_time_total for e in ev if e.key in MATMUL_OPS)
+    return {"wall_s": round(wall, 3), "matmul_share": round(mm / total, 3),
+            "top_ops": [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3),
+                         "share": round(e.self_cpu_time_total / total, 3)} for e in ev[:n]]}
 
 
 def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
@@ -93,8 +113,11 @@ def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
     n_ref = len({i for b in trainers["fp32"].batches for i in b}) + len(trainers["fp32"].val_pairs)
     out = {"batch_pairs": TrainConfig().batch_size, "step_seconds": times,
            "bf16_step_ratio": med(times["bf16"]) / med(times["fp32"])}
+    used = sorted({i for b in trainers["bf16"].batches for i in b})
     phases = {"reference_cache_s": {"pairs": n_ref, **ref_s}, "train_step_s": {p: med(v) for p, v in times.items()},
-              "train_step_top_ops_bf16": top_ops(lambda: trainers["bf16"].optimizer_step(0))}
+              "profile": {f"reference_cache_{p}": phase_profile(lambda tr=tr: tr._build_cache(tr.train_pairs, used))
+                          for p, tr in trainers.items()}}
+    phases["profile"].update({f"train_step_{p}": phase_profile(lambda tr=tr: tr.optimizer_step(0)) for p, tr in trainers.items()})
     layers = list(A.adapter_layers(model).values())
     t = time.perf_counter()
     with torch.no_grad():
@@ -106,7 +129,7 @@ def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
 
 
 def eval_section(model, tok, reps: int, n_batches: int) -> tuple[dict, dict]:
-    """Tokens/s of bare (full logits), last-only, eval (NLL stride 1 and 2) per precision, interleaved."""
+    """Tokens/s of bare (full logits), last-only, eval (NLL strides 1, 2 and the default) per precision, interleaved."""
     es = load_dataset("dd-honesty")
     rows = es.rows
     ids = answer_ids(tok, list(rows["choice_pos"]) + list(rows["choice_neg"]))
@@ -127,23 +150,72 @@ def eval_section(model, tok, reps: int, n_batches: int) -> tuple[dict, dict]:
                         model(**b.model_inputs(), logits_to_keep=1)
                     else:
                         forward_scores(model, b, [ids[w] for w in rows["choice_pos"].iloc[idx]],
-                                       [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride=int(kind[-1]))
+                                       [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride=int(kind.split("stride")[1]))
         return fn
 
-    fns = {f"{p}/{k}": run(p, k) for p in PRECS for k in ("bare", "last", "eval_stride1", "eval_stride2")}
+    strides = sorted({1, 2, NLL_STRIDE})
+    kinds = ("bare", "last", *(f"eval_stride{s}" for s in strides))
+    fns = {f"{p}/{k}": run(p, k) for p in PRECS for k in kinds}
     times = interleaved(fns, reps)
     tps = {k: n_tok / med(v) for k, v in times.items()}
-    out = {"n_batches": len(chosen), "batch_indices": pick.tolist(), "tokens": n_tok, "seconds": times, "tokens_per_s": tps}
+    out = {"n_batches": len(chosen), "batch_indices": pick.tolist(), "tokens": n_tok, "nll_stride_default": NLL_STRIDE,
+           "seconds": times, "tokens_per_s": tps}
     for p in PRECS:
-        out[f"eval_vs_bare_{p}"] = tps[f"{p}/eval_stride2"] / tps[f"{p}/bare"]
-        out[f"eval_stride1_vs_bare_{p}"] = tps[f"{p}/eval_stride1"] / tps[f"{p}/bare"]
+        out[f"eval_vs_bare_{p}"] = tps[f"{p}/eval_stride{NLL_STRIDE}"] / tps[f"{p}/bare"]
+        out[f"last_only_vs_bare_{p}"] = tps[f"{p}/last"] / tps[f"{p}/bare"]
+        for s in strides:
+            out[f"eval_stride{s}_vs_bare_{p}"] = tps[f"{p}/eval_stride{s}"] / tps[f"{p}/bare"]
     out["bf16_forward_ratio"] = med(times["bf16/bare"]) / med(times["fp32/bare"])
     phases = {"tokenise_dd_honesty_s": {"rows": len(rows), "seconds": tokenise_s},
               "eval_forward_last_only_s": {p: med(times[f"{p}/last"]) for p in PRECS},
-              "prompt_nll_stride2_s": {p: med(times[f"{p}/eval_stride2"]) - med(times[f"{p}/last"]) for p in PRECS},
-              "prompt_nll_stride1_s": {p: med(times[f"{p}/eval_stride1"]) - med(times[f"{p}/last"]) for p in PRECS},
-              "eval_top_ops_bf16": top_ops(run("bf16", "eval_stride2"))}
+              **{f"prompt_nll_stride{s}_s": {p: med(times[f"{p}/eval_stride{s}"]) - med(times[f"{p}/last"]) for p in PRECS}
+                 for s in strides}}
+    finals = {}
+
+    def forward_only() -> None:
+        with torch.no_grad(), autocast("bf16", model.device):
+            for i, (_, b) in enumerate(chosen):
+                finals[i] = model(**b.model_inputs(), logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+
+    def nll_only(stride: int) -> Callable[[], None]:
+        def fn() -> None:
+            with torch.no_grad(), autocast("bf16", model.device):
+                for i, (_, b) in enumerate(chosen):
+                    prompt_nll(model, finals[i], b, stride)
+        return fn
+
+    phases["profile"] = {"eval_forward_bf16": phase_profile(forward_only),
+                         **{f"prompt_nll_stride{s}_bf16": phase_profile(nll_only(s)) for s in strides}}
     return out, phases
+
+
+def stride_section(model, tok, pairs, steps: int, n_rows: int, strides: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
+    """ΔNLL (c = ±1 vs 0) from every s-th prompt token vs every token, one bf16 forward per (c, batch), trained adapter."""
+    es = limit_rows(load_dataset("dd-honesty"), n_rows, seed=0)
+    st = InnerPiSSASteerer(train={"steps": steps, "precision": "bf16"})
+    st.fit(model, tok, *pairs, progress=False)
+    coeffs = (-1.0, 0.0, 1.0)
+    nll = {c: {s: np.zeros(len(es)) for s in strides} for c in coeffs}
+    for c in coeffs:
+        convs = [st.messages(m, c) for m in es.rows["messages"]]
+        batches, _ = make_batches(tok, convs, 16, 512)
+        with torch.no_grad(), st.steer(model, c), autocast("bf16", model.device):
+            for idx, b in batches:
+                final = model(**b.model_inputs(), logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+                for s in strides:
+                    nll[c][s][idx] = prompt_nll(model, final, b, s).double().numpy()
+    A.remove(model)
+    out: dict = {"dataset": "dd-honesty", "rows": len(es), "train_steps": steps, "precision": "bf16", "per_c": {}}
+    for c in (-1.0, 1.0):
+        d = {s: nll[c][s] - nll[0.0][s] for s in strides}
+        full = d[1]
+        out["per_c"][str(c)] = {
+            "dnll_every_token": float(full.mean()),
+            "se_of_mean_over_rows": float(full.std(ddof=1) / np.sqrt(len(full))),
+            **{f"stride{s}": {"dnll": float(d[s].mean()), "abs_err_of_mean": float(abs(d[s].mean() - full.mean())),
+                              "row_rmse": float(np.sqrt(np.mean((d[s] - full) ** 2))),
+                              "row_corr": float(np.corrcoef(d[s], full)[0, 1])} for s in strides if s != 1}}
+    return out
 
 
 def effect_section(model, tok, pairs, steps: int, n_rows: int) -> dict:
@@ -256,7 +328,14 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--stride-rows", type=int, default=200, help="dd-honesty rows of the stride_error section")
+    ap.add_argument("--name", default="speed", help="results file bench/results/NAME.json (a smoke run: another name)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     args = ap.parse_args()
+    run_sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if bad := [x for x in run_sections if x not in SECTIONS]:
+        print(f"error: unknown section {bad[0]!r}: use {', '.join(SECTIONS)}", file=sys.stderr)
+        sys.exit(2)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     torch.manual_seed(0)
@@ -270,15 +349,37 @@ def main() -> None:
                 "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "auto_resolves_to": resolve("auto", "cpu")},
     }
-    phases: dict = {}
-    payload["train"], ph = train_section(model, tok, pairs, args.reps)
-    phases.update(ph)
-    payload["eval"], ph = eval_section(model, tok, args.reps, args.eval_batches)
-    phases.update(ph)
-    payload["generation"] = gen_section(model, tok, pairs, args.reps, args.new_tokens)
-    model, tok = get_model(args.model)  # a clean model: the generation section leaves LoRA layers in place
-    payload["effect"] = effect_section(model, tok, pairs, args.steps, args.eval_rows)
-    payload["phases"] = phases
+    old = RESULTS / f"{args.name}.json"
+    if set(run_sections) != set(SECTIONS) and old.exists():
+        prev = json.loads(old.read_text())
+        payload.update({k: prev[k] for k in SECTIONS if k in prev and k not in run_sections})
+        payload["phases"] = {k: v for k, v in prev.get("phases", {}).items() if not k.endswith("top_ops_bf16")}  # pre-profile keys
+    phases: dict = payload.setdefault("phases", {})
+    profiles: dict = phases.setdefault("profile", {})
+    ran = {"date": machine()["date"], "git_commit": machine()["git_commit"], "loadavg_start": list(os.getloadavg())}
+
+    def keep(name: str, block: dict, ph: dict | None = None) -> None:
+        payload[name] = {**block, "ran": {**ran, "loadavg_end": list(os.getloadavg())}}
+        if ph:
+            profiles.update(ph.pop("profile", {}))
+            phases.update(ph)
+
+    if "train" in run_sections:
+        keep("train", *train_section(model, tok, pairs, args.reps))
+    if "eval" in run_sections:
+        keep("eval", *eval_section(model, tok, args.reps, args.eval_batches))
+    if "stride" in run_sections:
+        keep("stride_error", stride_section(model, tok, pairs, args.steps, args.stride_rows))
+    if "generation" in run_sections:
+        keep("generation", gen_section(model, tok, pairs, args.reps, args.new_tokens))
+    if "effect" in run_sections:
+        if "generation" in run_sections:
+            model, tok = get_model(args.model)  # a clean model: the generation section leaves LoRA layers in place
+        keep("effect", effect_section(model, tok, pairs, args.steps, args.eval_rows))
+    missing = [k for k in ("train", "eval", "generation", "effect") if k not in payload]
+    if missing:
+        print(f"error: no {missing[0]} block in speed.json yet: run that section", file=sys.stderr)
+        sys.exit(2)
     g = payload["generation"]["ratio_vs_base"]
     payload["headline"] = {
         "bf16_step_ratio": payload["train"]["bf16_step_ratio"], "target_bf16_step_ratio": 0.5,
@@ -286,14 +387,16 @@ def main() -> None:
         "bf16_eval_ratio_rows": payload["effect"]["rows"],
         "eval_vs_bare": payload["eval"][f"eval_vs_bare_{resolve('auto', 'cpu')}"], "target_eval_vs_bare": 1.0,
         "eval_vs_bare_fp32": payload["eval"]["eval_vs_bare_fp32"], "eval_vs_bare_bf16": payload["eval"]["eval_vs_bare_bf16"],
+        "nll_stride": payload["eval"].get("nll_stride_default", 2),
         "gen_merged_vs_base": g["innerpissa_merged_fp32"], "target_gen_merged_vs_base": 0.98,
         "gen_unmerged_vs_base": g["innerpissa_unmerged_fp32"], "target_gen_unmerged_vs_base": 0.85,
         "bf16_effect": payload["effect"]["effect_fp32_train_bf16_eval"],
         "fp32_effect": payload["effect"]["effect_fp32_train_fp32_eval"],
     }
     payload.update({k: v for k, v in payload["headline"].items() if not k.startswith("target")})
-    payload["load"] = {"loadavg_start": load0, "loadavg_end": os.getloadavg(), "bench_wall_s": time.perf_counter() - t0}
-    path = write("speed", payload)
+    payload["load"] = {"loadavg_start": load0, "loadavg_end": os.getloadavg(), "bench_wall_s": time.perf_counter() - t0,
+                       "sections_run": run_sections}
+    path = write(args.name, payload)
     print(path)
     for k, v in payload["headline"].items():
         print(k, v)

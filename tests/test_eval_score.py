@@ -11,9 +11,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from _eval_steerers import AddVector, Identity, SystemPrompt
-from innerpissa.batching import chat_text
+from innerpissa.batching import chat_text, encode
 from innerpissa.eval.datasets import EvalSet, from_generic, limit_rows, load_dataset
-from innerpissa.eval.score import NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, score
+from innerpissa.eval.score import NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, prompt_nll, score
 from innerpissa.testing import tiny_model, tiny_tokenizer
 
 
@@ -62,7 +62,7 @@ def _reference(model, tok, messages, pos: str, neg: str, stride: int = 1) -> tup
     return lp[0] - lp[1], float(np.exp(lp[0]) + np.exp(lp[1])), nll
 
 
-@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("stride", sorted({1, 2, 3, NLL_STRIDE}))
 def test_batched_scores_match_unbatched_reference(tiny, evalset, stride) -> None:
     model, tok = tiny
     table = score(model, tok, Identity(), evalset, [0.0], batch_size=4, pmass_min=0.0, progress=False,
@@ -73,6 +73,27 @@ def test_batched_scores_match_unbatched_reference(tiny, evalset, stride) -> None
         assert out.row_id == row.row_id
         assert out.logratio == pytest.approx(lr, abs=1e-4) and out.pmass == pytest.approx(pm, rel=1e-4)
         assert out.nll == pytest.approx(nll, abs=1e-4)
+
+
+def test_prompt_nll_of_left_padded_batch_is_the_hand_subsample_mean(tiny, evalset) -> None:
+    """prompt_nll at stride s = mean CE over every s-th target counted from the end of each unpadded row; s = 1 is
+    the every-token mean, and a larger stride differs from it by exactly the hand-computed subsample difference."""
+    model, tok = tiny
+    convs = [evalset.rows["messages"].iloc[i] for i in (0, 6)]  # a dilemma and a TruthfulQA prompt: unequal lengths
+    batch = encode(tok, convs)
+    assert (batch.attention_mask == 0).any()  # left padding really present
+    with torch.no_grad():
+        final = model(**batch.model_inputs(), output_hidden_states=True).hidden_states[-1]
+        got = {s: prompt_nll(model, final, batch, s) for s in (1, 2, 5)}
+    for r, m in enumerate(convs):
+        ids = torch.tensor([tok(chat_text(tok, m)[0], add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            ce = F.cross_entropy(model(input_ids=ids).logits[0, :-1].float(), ids[0, 1:], reduction="none").flip(0)
+        hand = {s: ce[::s].mean().item() for s in got}
+        assert got[1][r].item() == pytest.approx(ce.mean().item(), abs=1e-5)
+        for s in (2, 5):
+            assert got[s][r].item() == pytest.approx(hand[s], abs=1e-5)
+            assert (got[s][r] - got[1][r]).item() == pytest.approx(hand[s] - hand[1], abs=1e-5)
 
 
 def test_c0_reproduces_unsteered_exactly_and_c_steers(tiny, evalset) -> None:

@@ -4,10 +4,11 @@ Per question, one batched forward with logits only at the last position (`logits
   logratio = logsumexp(log p over every single-token variant of choice_pos) - (same for choice_neg),
              NaN when pmass = P(pos variants) + P(neg variants) < `pmass_min` (the model is not answering);
   nll      = mean next-token NLL of the prompt under the steered model (degradation), over every
-             `nll_stride`-th real target token counted from the end (default 2: the same rows and positions
-             at every c, half the LM-head cost, so evaluation beats a bare full-logits forward; 1 = every
-             token). It reuses the same forward's final hidden states and applies the LM head only at those
-             tokens, in chunks, so no [B, T, V] logits tensor is ever built.
+             `nll_stride`-th real target token counted from the end (default 4: the same rows and positions
+             at every c, a quarter of the LM-head and log-softmax cost; 1 = every token). ΔNLL from the
+             subsample estimates the every-token ΔNLL; bench/speed.py measures the error (`stride_error`
+             in bench/results/speed.json). It reuses the same forward's final hidden states and applies the
+             LM head only at those tokens, in chunks, so no [B, T, V] logits tensor is ever built.
 Precision (`innerpissa.precision`): under bf16 the forward runs in autocast, but the answer logits are
 recomputed from the final hidden state by an fp32 LM head (a bf16 logit near 20 is only good to ±0.06).
 """
@@ -31,7 +32,7 @@ from .datasets import LABEL, EvalSet
 
 SCORE_COLUMNS = ["method", "seed", "coeff", "dataset", "row_id", "dilemma_id", "side", "logratio", "pmass", "nll", "truncated"]
 NLL_CHUNK = 1024  # token positions per LM-head chunk when computing the prompt NLL
-NLL_STRIDE = 2  # prompt NLL at every 2nd real target token (see the module docstring)
+NLL_STRIDE = 4  # prompt NLL at every 4th real target token (see the module docstring)
 
 
 def answer_token_ids(tok: PreTrainedTokenizerBase, word: str, vocab: Sequence[str] | None = None) -> list[int]:
@@ -91,19 +92,24 @@ def forward_scores(
         logp = _logits(model, last.to(head.weight.dtype)).log_softmax(-1)
     lp_pos = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(pos_ids)])
     lp_neg = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(neg_ids)])
-    # next-token NLL at real tokens only: position t predicts t+1, both inside the attention mask
-    hidden = out.hidden_states[-1][:, :-1]
-    valid = (b.attention_mask[:, :-1] * b.attention_mask[:, 1:]).bool()
+    nll = prompt_nll(model, out.hidden_states[-1], b, nll_stride)
+    return {"lp_pos": lp_pos.cpu(), "lp_neg": lp_neg.cpu(), "nll": nll.cpu()}
+
+
+def prompt_nll(model: PreTrainedModel, final_hidden: torch.Tensor, batch: Batch, stride: int = NLL_STRIDE) -> torch.Tensor:
+    """Mean next-token NLL per row from the final hidden states [B, T, d], over every `stride`-th real target token
+    counted from the end (position t predicts t+1, both inside the attention mask); LM head in chunks."""
+    hidden = final_hidden[:, :-1]
+    valid = (batch.attention_mask[:, :-1] * batch.attention_mask[:, 1:]).bool()
     from_end = torch.arange(valid.shape[1] - 1, -1, -1, device=valid.device)  # left padding: rows end together
-    valid &= (from_end % nll_stride == 0)
+    valid &= (from_end % stride == 0)
     rows = valid.nonzero()[:, 0]
-    h, targets = hidden[valid], b.input_ids[:, 1:][valid]
-    nll_sum = torch.zeros(len(b), device=h.device)
+    h, targets = hidden[valid], batch.input_ids[:, 1:][valid]
+    nll_sum = torch.zeros(len(batch), device=h.device)
     for s in range(0, len(h), NLL_CHUNK):
         ce = F.cross_entropy(_logits(model, h[s:s + NLL_CHUNK]), targets[s:s + NLL_CHUNK], reduction="none")
         nll_sum.index_add_(0, rows[s:s + NLL_CHUNK], ce)
-    nll = nll_sum / valid.sum(1).clamp(min=1)
-    return {"lp_pos": lp_pos.cpu(), "lp_neg": lp_neg.cpu(), "nll": nll.cpu()}
+    return nll_sum / valid.sum(1).clamp(min=1)
 
 
 def score(
