@@ -4,10 +4,12 @@ Per question, one batched forward with logits only at the last position (`logits
   logratio = logsumexp(log p over every single-token variant of choice_pos) - (same for choice_neg),
              NaN when pmass = P(pos variants) + P(neg variants) < `pmass_min` (the model is not answering);
   nll      = mean next-token NLL of the prompt under the steered model (degradation), over every
-             `nll_stride`-th real target token counted from the end (default 4: the same rows and positions
-             at every c, a quarter of the LM-head and log-softmax cost; 1 = every token). ΔNLL from the
-             subsample estimates the every-token ΔNLL; bench/speed.py measures the error (`stride_error`
-             in bench/results/speed.json). It reuses the same forward's final hidden states and applies the
+             `nll_stride`-th real target token counted from the end (default 2: the same rows and positions
+             at every c, half the LM-head and log-softmax cost; 1 = every token). The positions are fixed
+             offsets from the end, so ΔNLL from the subsample is not an average-out estimate: the chat
+             template puts the same tokens at the same offsets. bench/speed.py measures its error
+             (`stride_error` in bench/results/speed.json: mean-ΔNLL error 0.0006-0.008 at stride 2,
+             0.009-0.020 at 4, vs a row-sampling SE of 0.002), which is why the default is not larger. It reuses the same forward's final hidden states and applies the
              LM head only at those tokens, in chunks, so no [B, T, V] logits tensor is ever built.
 Precision (`innerpissa.precision`): under bf16 the forward runs in autocast, but the answer logits are
 recomputed from the final hidden state by an fp32 LM head (a bf16 logit near 20 is only good to ±0.06).
@@ -32,7 +34,7 @@ from .datasets import LABEL, EvalSet
 
 SCORE_COLUMNS = ["method", "seed", "coeff", "dataset", "row_id", "dilemma_id", "side", "logratio", "pmass", "nll", "truncated"]
 NLL_CHUNK = 1024  # token positions per LM-head chunk when computing the prompt NLL
-NLL_STRIDE = 4  # prompt NLL at every 4th real target token (see the module docstring)
+NLL_STRIDE = 2  # prompt NLL at every 2nd real target token (see the module docstring)
 
 
 def answer_token_ids(tok: PreTrainedTokenizerBase, word: str, vocab: Sequence[str] | None = None) -> list[int]:
