@@ -55,7 +55,9 @@ def test_train_generate_merge(run_cli, saved):
     (["train", "--config", "/does/not/exist.yaml"], "config file not found"),
     (["generate", "--adapter", "/nowhere", "--prompt", "hi"], "not a trained adapter directory"),
 ])
-def test_bad_input_one_line_error(run_cli, args, message):
+def test_bad_input_one_line_error(run_cli, args, message, tmp_path):
+    if args[0] == "train":  # a fresh --out: the default runs/<concept> may exist in the checkout the tests run in
+        args = [*args, "--out", str(tmp_path / "out")]
     code, _, err = run_cli(*args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
