@@ -2,11 +2,13 @@
 
   flock /tmp/innerpissa-heavy.lock python bench/speed.py [--eval-rows 64] [--steps 8] [--reps 2] [--sections train,eval]
 
-`--sections` reruns only some sections (train, eval, stride, generation, effect) and keeps the others' blocks from
+`--sections` reruns only some sections (matmul, train, eval, stride, generation, effect) and keeps the others' blocks from
 the existing speed.json (each section's block records when it ran, `ran`); the headline is rebuilt from what is there.
 
 All ratios come from one process on one machine, with the compared variants interleaved rep by rep so
 that load from other processes hits them alike (the load average is recorded at start and end):
+- bf16_matmul_ratio: the ceiling, bf16 ÷ fp32 time of the model's own Linear shapes (forward and both backward
+  products, 2048 tokens), weighted by how many layers have each shape;
 - bf16_step_ratio: one optimizer step (8 pairs, c = ±1, default config) in bf16 ÷ fp32, the same batch;
 - eval throughput (real tokens/s) of `forward_scores` ÷ a bare full-logits forward, same batches, per precision,
   at the default prompt-NLL stride (`score.NLL_STRIDE`) and at strides 1 and 2;
@@ -46,7 +48,7 @@ from innerpissa.concepts import load_concept, make_pairs  # noqa: E402
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig  # noqa: E402
 from innerpissa.eval.datasets import limit_rows, load_dataset  # noqa: E402
 from innerpissa.eval.metrics import summarize  # noqa: E402
-from innerpissa.eval.score import NLL_STRIDE, answer_ids, forward_scores, make_batches, prompt_nll, score  # noqa: E402
+from innerpissa.eval.score import NLL_STRIDE, answer_ids, forward_scores, make_batches, nll_offsets, prompt_nll, score  # noqa: E402
 from innerpissa.models import load_model  # noqa: E402
 from innerpissa.precision import autocast, cpu_flags, cpu_has_bf16, resolve  # noqa: E402
 from innerpissa.steerers import get_steerer  # noqa: E402
@@ -54,7 +56,7 @@ from innerpissa.steerers.innerpissa import InnerPiSSASteerer  # noqa: E402
 from innerpissa.train import Trainer  # noqa: E402
 
 PRECS = ("fp32", "bf16")
-SECTIONS = ("train", "eval", "stride", "generation", "effect")
+SECTIONS = ("matmul", "train", "eval", "stride", "generation", "effect")
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "bf16")
 GEN_PROMPTS = ["Did you eat the last cookie?", "Tell me about your weekend.",
                "Should I tell my boss about the mistake?", "What is the capital of France?"]
@@ -97,6 +99,32 @@ def phase_profile(fn: Callable[[], object], n: int = 10) -> dict:
     return {"wall_s": round(wall, 3), "matmul_share": round(mm / total, 3),
             "top_ops": [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3),
                          "share": round(e.self_cpu_time_total / total, 3)} for e in ev[:n]]}
+
+
+def fwd_bwd(x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A Linear's three products: forward, gradient wrt the input, gradient wrt the weight."""
+    return x @ w, gy @ w.T, x.T @ gy
+
+
+def matmul_section(model, reps: int, tokens: int = 2048) -> dict:
+    """The hardware's ceiling: bf16 ÷ fp32 time of the model's own matmul shapes (every distinct Linear, forward
+    [T, in] @ [in, out] and the two backward products), interleaved. A step made of matmuls cannot beat this ratio."""
+    shapes = sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    g = torch.Generator().manual_seed(0)
+    out: dict = {"tokens": tokens, "threads": torch.get_num_threads(), "shapes": {}}
+    total = {p: 0.0 for p in PRECS}
+    for o, i in shapes:
+        mats = {p: (torch.randn(tokens, i, generator=g).to(dt), torch.randn(i, o, generator=g).to(dt),
+                    torch.randn(tokens, o, generator=g).to(dt))
+                for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        times = interleaved({p: (lambda m=m: fwd_bwd(*m)) for p, m in mats.items()}, reps)
+        flops = 3 * 2 * tokens * i * o
+        t = {p: med(v) for p, v in times.items()}
+        out["shapes"][f"{i}x{o}"] = {"gflops": {p: flops / t[p] / 1e9 for p in PRECS}, "bf16_ratio": t["bf16"] / t["fp32"]}
+        for p in PRECS:
+            total[p] += t[p] * sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear) and tuple(m.weight.shape) == (o, i))
+    out["bf16_ratio_model_weighted"] = total["bf16"] / total["fp32"]
+    return out
 
 
 def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
@@ -190,31 +218,37 @@ def eval_section(model, tok, reps: int, n_batches: int) -> tuple[dict, dict]:
 
 
 def stride_section(model, tok, pairs, steps: int, n_rows: int, strides: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
-    """ΔNLL (c = ±1 vs 0) from every s-th prompt token vs every token, one bf16 forward per (c, batch), trained adapter."""
+    """ΔNLL (c = ±1 vs 0) from every s-th prompt token vs every token, one bf16 forward per (c, batch), trained adapter:
+    `stride{s}` starts every row at the last token (the old fixed offset), `stride{s}_rowoffset` at the per-row
+    hashed offset that `score` uses."""
     es = limit_rows(load_dataset("dd-honesty"), n_rows, seed=0)
     st = InnerPiSSASteerer(train={"steps": steps, "precision": "bf16"})
     st.fit(model, tok, *pairs, progress=False)
     coeffs = (-1.0, 0.0, 1.0)
-    nll = {c: {s: np.zeros(len(es)) for s in strides} for c in coeffs}
+    kinds = [(s, False) for s in strides] + [(s, True) for s in strides if s != 1]
+    offsets = {s: torch.from_numpy(nll_offsets(es.rows["row_id"], s)) for s in strides}
+    nll = {c: {k: np.zeros(len(es)) for k in kinds} for c in coeffs}
     for c in coeffs:
         convs = [st.messages(m, c) for m in es.rows["messages"]]
         batches, _ = make_batches(tok, convs, 16, 512)
         with torch.no_grad(), st.steer(model, c), autocast("bf16", model.device):
             for idx, b in batches:
                 final = model(**b.model_inputs(), logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
-                for s in strides:
-                    nll[c][s][idx] = prompt_nll(model, final, b, s).double().numpy()
+                for s, hashed in kinds:
+                    nll[c][(s, hashed)][idx] = prompt_nll(model, final, b, s, offsets[s][idx] if hashed else None
+                                                          ).double().numpy()
     A.remove(model)
     out: dict = {"dataset": "dd-honesty", "rows": len(es), "train_steps": steps, "precision": "bf16", "per_c": {}}
     for c in (-1.0, 1.0):
-        d = {s: nll[c][s] - nll[0.0][s] for s in strides}
-        full = d[1]
+        d = {k: nll[c][k] - nll[0.0][k] for k in kinds}
+        full = d[(1, False)]
         out["per_c"][str(c)] = {
             "dnll_every_token": float(full.mean()),
             "se_of_mean_over_rows": float(full.std(ddof=1) / np.sqrt(len(full))),
-            **{f"stride{s}": {"dnll": float(d[s].mean()), "abs_err_of_mean": float(abs(d[s].mean() - full.mean())),
-                              "row_rmse": float(np.sqrt(np.mean((d[s] - full) ** 2))),
-                              "row_corr": float(np.corrcoef(d[s], full)[0, 1])} for s in strides if s != 1}}
+            **{f"stride{s}{'_rowoffset' if hashed else ''}": {
+                "dnll": float(d[(s, hashed)].mean()), "abs_err_of_mean": float(abs(d[(s, hashed)].mean() - full.mean())),
+                "row_rmse": float(np.sqrt(np.mean((d[(s, hashed)] - full) ** 2))),
+                "row_corr": float(np.corrcoef(d[(s, hashed)], full)[0, 1])} for s, hashed in kinds if s != 1}}
     return out
 
 
@@ -364,6 +398,8 @@ def main() -> None:
             profiles.update(ph.pop("profile", {}))
             phases.update(ph)
 
+    if "matmul" in run_sections:
+        keep("matmul", matmul_section(model, max(args.reps, 5)))
     if "train" in run_sections:
         keep("train", *train_section(model, tok, pairs, args.reps))
     if "eval" in run_sections:
@@ -383,6 +419,7 @@ def main() -> None:
     g = payload["generation"]["ratio_vs_base"]
     payload["headline"] = {
         "bf16_step_ratio": payload["train"]["bf16_step_ratio"], "target_bf16_step_ratio": 0.5,
+        "bf16_matmul_ratio": payload.get("matmul", {}).get("bf16_ratio_model_weighted"),
         "bf16_eval_ratio": payload["effect"]["bf16_eval_ratio"], "target_bf16_eval_ratio": 0.5,
         "bf16_eval_ratio_rows": payload["effect"]["rows"],
         "eval_vs_bare": payload["eval"][f"eval_vs_bare_{resolve('auto', 'cpu')}"], "target_eval_vs_bare": 1.0,

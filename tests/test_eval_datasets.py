@@ -112,6 +112,18 @@ def test_sample_is_stratified_and_seeded() -> None:
     assert set(a.rows["row_id"]) != set(c.rows["row_id"])
 
 
+def test_truthfulqa_sample_is_whole_questions_and_seeded() -> None:
+    full = D.load_dataset("truthfulqa")
+    a, b, c = (D.load_dataset("truthfulqa-sample-50", seed=s) for s in (0, 0, 1))
+    assert a.name == "truthfulqa-sample-50" and len(a) == 100 and a.rows["dilemma_id"].nunique() == 50
+    assert a.rows.groupby("dilemma_id")["label:truthfulqa/true"].sum().eq(0).all()  # both answer orders kept
+    assert set(a.rows["row_id"]) <= set(full.rows["row_id"])
+    assert a.rows["row_id"].tolist() == b.rows["row_id"].tolist() and set(a.rows["row_id"]) != set(c.rows["row_id"])
+    for bad in ("truthfulqa-sample-0", "truthfulqa-sample-818"):
+        with pytest.raises(ValueError, match="cannot sample .* TruthfulQA questions"):
+            D.load_dataset(bad)
+
+
 def test_split_by_dilemma_halves() -> None:
     hon = D.load_dataset("dd-honesty")
     tune, report = D.split_by_dilemma(hon, "tune"), D.split_by_dilemma(hon, "report")

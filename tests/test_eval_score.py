@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from _eval_steerers import AddVector, Identity, SystemPrompt
 from innerpissa.batching import chat_text, encode
 from innerpissa.eval.datasets import EvalSet, from_generic, limit_rows, load_dataset
-from innerpissa.eval.score import NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, prompt_nll, score
+from innerpissa.eval.score import NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, nll_offsets, prompt_nll, score
 from innerpissa.testing import tiny_model, tiny_tokenizer
 
 
@@ -50,15 +50,15 @@ def test_variants_on_word_level_tokenizer() -> None:
     assert answer_token_ids(tok, "A") == [8]  # single letters are case-sensitive: "a" is not the answer A
 
 
-def _reference(model, tok, messages, pos: str, neg: str, stride: int = 1) -> tuple[float, float, float]:
+def _reference(model, tok, messages, pos: str, neg: str, stride: int = 1, offset: int = 0) -> tuple[float, float, float]:
     """Unbatched, unpadded forward with full logits: (logratio, pmass, mean prompt NLL over every
-    `stride`-th target token counted back from the last one)."""
+    `stride`-th target token counted back from the `offset`-th before the last one)."""
     ids = torch.tensor([tok(chat_text(tok, messages)[0], add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
     logp = logits[-1].log_softmax(-1)
     lp = [logp[answer_token_ids(tok, w)].logsumexp(-1).item() for w in (pos, neg)]
-    nll = F.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").flip(0)[::stride].mean().item()
+    nll = F.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").flip(0)[offset::stride].mean().item()
     return lp[0] - lp[1], float(np.exp(lp[0]) + np.exp(lp[1])), nll
 
 
@@ -69,7 +69,8 @@ def test_batched_scores_match_unbatched_reference(tiny, evalset, stride) -> None
                   nll_stride=stride)
     assert list(table.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS and "label:Value/honesty" in table
     for row, out in zip(evalset.rows.itertuples(), table.itertuples()):
-        lr, pm, nll = _reference(model, tok, row.messages, row.choice_pos, row.choice_neg, stride)
+        off = int(nll_offsets([row.row_id], stride)[0])
+        lr, pm, nll = _reference(model, tok, row.messages, row.choice_pos, row.choice_neg, stride, off)
         assert out.row_id == row.row_id
         assert out.logratio == pytest.approx(lr, abs=1e-4) and out.pmass == pytest.approx(pm, rel=1e-4)
         assert out.nll == pytest.approx(nll, abs=1e-4)
@@ -96,6 +97,36 @@ def test_prompt_nll_of_left_padded_batch_is_the_hand_subsample_mean(tiny, evalse
             assert (got[s][r] - got[1][r]).item() == pytest.approx(hand[s] - hand[1], abs=1e-5)
 
 
+def test_prompt_nll_offsets_partition_the_tokens(tiny, evalset) -> None:
+    """Per-row offsets pick every s-th target starting k tokens before the last; over k = 0..s-1 the subsamples
+    partition the row, so their count-weighted means recombine to the every-token mean (hand-computed CE)."""
+    model, tok = tiny
+    convs = [evalset.rows["messages"].iloc[i] for i in (0, 6)]
+    batch = encode(tok, convs)
+    with torch.no_grad():
+        final = model(**batch.model_inputs(), output_hidden_states=True).hidden_states[-1]
+        full = prompt_nll(model, final, batch, 1)
+        by_k = {k: prompt_nll(model, final, batch, 3, torch.tensor([k, (k + 1) % 3])) for k in range(3)}
+    for r, m in enumerate(convs):
+        ids = torch.tensor([tok(chat_text(tok, m)[0], add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            ce = F.cross_entropy(model(input_ids=ids).logits[0, :-1].float(), ids[0, 1:], reduction="none").flip(0)
+        subs = {k: ce[(k + r) % 3::3] for k in range(3)}  # row r was given offset (k + r) % 3 in by_k[k]
+        for k in range(3):
+            assert by_k[k][r].item() == pytest.approx(subs[k].mean().item(), abs=1e-5)
+        recombined = sum(by_k[k][r].item() * len(subs[k]) for k in range(3)) / len(ce)
+        assert recombined == pytest.approx(full[r].item(), abs=1e-5)
+
+
+def test_nll_offsets_are_stable_and_spread() -> None:
+    """Offsets are a pure function of the row id (same at every c and in every run) and cover every residue."""
+    ids = [f"dd:{i}:to_do" for i in range(400)]
+    off = nll_offsets(ids, 2)
+    np.testing.assert_array_equal(off, nll_offsets(ids, 2))
+    assert set(off.tolist()) == {0, 1} and 150 < off.sum() < 250  # about half each (binomial SD 10)
+    assert set(nll_offsets(ids, 1).tolist()) == {0}
+
+
 def test_c0_reproduces_unsteered_exactly_and_c_steers(tiny, evalset) -> None:
     model, tok = tiny
     before = score(model, tok, Identity(), evalset, [0.0], pmass_min=0.0, progress=False)
@@ -118,7 +149,7 @@ def test_messages_hook_is_used(tiny, evalset) -> None:
     np.testing.assert_array_equal(sp.loc[sp["coeff"] == 0.0, "nll"].to_numpy(), base["nll"].to_numpy())
     row = evalset.rows.iloc[0]
     lr, _, nll = _reference(model, tok, SystemPrompt().messages(row["messages"], 1.0), row["choice_pos"], row["choice_neg"],
-                            NLL_STRIDE)
+                            NLL_STRIDE, int(nll_offsets([row["row_id"]], NLL_STRIDE)[0]))
     got = sp[(sp["coeff"] == 1.0) & (sp["row_id"] == row["row_id"])].iloc[0]
     assert got["nll"] == pytest.approx(nll, abs=1e-4) and got["logratio"] == pytest.approx(lr, abs=1e-4)
 

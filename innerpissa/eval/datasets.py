@@ -59,7 +59,7 @@ DD_DIMS = {
     "honesty": "Value/honesty", "fairness": "MFT/Fairness", "loyalty": "MFT/Loyalty", "care": "MFT/Care",
     "safety": "Maslow/safety", "courage": "Value/courage", "responsibility": "Value/responsibility",
 }
-BUILTINS = ("dd-honesty", "dd-all", "dd-sample-N", "truthfulqa", *(f"dd-{k}" for k in DD_DIMS if k != "honesty"),
+BUILTINS = ("dd-honesty", "dd-all", "dd-sample-N", "truthfulqa", "truthfulqa-sample-N", *(f"dd-{k}" for k in DD_DIMS if k != "honesty"),
             "dd-<dim>")
 _YOU_ROLE = re.compile(r"you\b(?!r)")  # "You (the doctor)", "You, as the artist"; not "Your friend"
 
@@ -430,6 +430,17 @@ def truthfulqa(path: Path = TQA_CSV) -> EvalSet:
     return from_generic(pd.DataFrame(rows), "truthfulqa", {"source": str(path), "n_questions": int(ok.sum())})
 
 
+def truthfulqa_sample(n: int, seed: int = 0) -> EvalSet:
+    """`truthfulqa-sample-N`: N seeded TruthfulQA questions, each with both answer orders (a bench that scores
+    every run at several coefficients cannot afford all 817: the whole set is 60 % of a run's time)."""
+    full = truthfulqa()
+    groups = full.rows["dilemma_id"].unique()
+    if not 1 <= n <= len(groups):
+        raise ValueError(f"cannot sample {n} TruthfulQA questions: choose 1..{len(groups)}")
+    keep = set(np.random.default_rng(seed).permutation(groups)[:n])
+    return replace(full.select(full.rows["dilemma_id"].isin(keep), sample_seed=seed), name=f"truthfulqa-sample-{n}")
+
+
 # --- names, splits, limits ---
 
 def load_dataset(name_or_path: str | Path, seed: int = 0, source: Literal["vendored", "hub"] = "vendored") -> EvalSet:
@@ -439,6 +450,8 @@ def load_dataset(name_or_path: str | Path, seed: int = 0, source: Literal["vendo
         return daily_dilemmas(name[3:], seed=seed, source=source)
     if name == "truthfulqa":
         return truthfulqa()
+    if m := re.fullmatch(r"truthfulqa-sample-(\d+)", name):
+        return truthfulqa_sample(int(m[1]), seed)
     if Path(name).suffix in (".jsonl", ".csv"):
         return read_generic(name)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(BUILTINS)} or a .jsonl/.csv file")

@@ -4,19 +4,21 @@ Per question, one batched forward with logits only at the last position (`logits
   logratio = logsumexp(log p over every single-token variant of choice_pos) - (same for choice_neg),
              NaN when pmass = P(pos variants) + P(neg variants) < `pmass_min` (the model is not answering);
   nll      = mean next-token NLL of the prompt under the steered model (degradation), over every
-             `nll_stride`-th real target token counted from the end (default 2: the same rows and positions
-             at every c, half the LM-head and log-softmax cost; 1 = every token). The positions are fixed
-             offsets from the end, so ΔNLL from the subsample is not an average-out estimate: the chat
-             template puts the same tokens at the same offsets. bench/speed.py measures its error
-             (`stride_error` in bench/results/speed.json: mean-ΔNLL error 0.0006-0.008 at stride 2,
-             0.009-0.020 at 4, vs a row-sampling SE of 0.002), which is why the default is not larger. It reuses the same forward's final hidden states and applies the
-             LM head only at those tokens, in chunks, so no [B, T, V] logits tensor is ever built.
+             `nll_stride`-th real target token (default 2: half the LM-head and log-softmax cost; 1 = every
+             token), starting at a per-row offset from the end (`nll_offsets`: a hash of the row id, the same at
+             every c, so ΔNLL stays paired). A fixed offset was biased: the chat template puts the same tokens at
+             the same offsets from the end, so every row skipped the same template tokens (bench/speed.py
+             `stride_error`, 200 rows: mean-ΔNLL error 0.033-0.058 at stride 8 with a fixed offset, 0.005-0.007
+             with the hashed one; at stride 2 both are ~0.01 at most, the subsample's noise). It reuses
+             the same forward's final hidden states and applies the LM head only at those tokens, in
+             chunks, so no [B, T, V] logits tensor is ever built.
 Precision (`innerpissa.precision`): under bf16 the forward runs in autocast, but the answer logits are
 recomputed from the final hidden state by an fp32 LM head (a bf16 logit near 20 is only good to ±0.06).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +85,7 @@ def _logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def forward_scores(
     model: PreTrainedModel, batch: Batch, pos_ids: list[torch.Tensor], neg_ids: list[torch.Tensor],
-    nll_stride: int = NLL_STRIDE,
+    nll_stride: int = NLL_STRIDE, nll_offsets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """log p(pos), log p(neg) at the last position and the mean prompt NLL per row, from one forward."""
     b = batch.to(model.device)
@@ -94,17 +96,20 @@ def forward_scores(
         logp = _logits(model, last.to(head.weight.dtype)).log_softmax(-1)
     lp_pos = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(pos_ids)])
     lp_neg = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(neg_ids)])
-    nll = prompt_nll(model, out.hidden_states[-1], b, nll_stride)
+    nll = prompt_nll(model, out.hidden_states[-1], b, nll_stride, nll_offsets)
     return {"lp_pos": lp_pos.cpu(), "lp_neg": lp_neg.cpu(), "nll": nll.cpu()}
 
 
-def prompt_nll(model: PreTrainedModel, final_hidden: torch.Tensor, batch: Batch, stride: int = NLL_STRIDE) -> torch.Tensor:
+def prompt_nll(model: PreTrainedModel, final_hidden: torch.Tensor, batch: Batch, stride: int = NLL_STRIDE,
+               offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token NLL per row from the final hidden states [B, T, d], over every `stride`-th real target token
-    counted from the end (position t predicts t+1, both inside the attention mask); LM head in chunks."""
+    counted back from the last one, starting `offsets[r]` (in [0, stride), default 0) tokens before it (position t
+    predicts t+1, both inside the attention mask); LM head in chunks."""
     hidden = final_hidden[:, :-1]
     valid = (batch.attention_mask[:, :-1] * batch.attention_mask[:, 1:]).bool()
     from_end = torch.arange(valid.shape[1] - 1, -1, -1, device=valid.device)  # left padding: rows end together
-    valid &= (from_end % stride == 0)
+    shift = torch.zeros(len(valid), dtype=torch.long) if offsets is None else offsets.long()
+    valid &= ((from_end[None, :] - shift.to(valid.device)[:, None]) % stride == 0)
     rows = valid.nonzero()[:, 0]
     h, targets = hidden[valid], batch.input_ids[:, 1:][valid]
     nll_sum = torch.zeros(len(batch), device=h.device)
@@ -112,6 +117,12 @@ def prompt_nll(model: PreTrainedModel, final_hidden: torch.Tensor, batch: Batch,
         ce = F.cross_entropy(_logits(model, h[s:s + NLL_CHUNK]), targets[s:s + NLL_CHUNK], reduction="none")
         nll_sum.index_add_(0, rows[s:s + NLL_CHUNK], ce)
     return nll_sum / valid.sum(1).clamp(min=1)
+
+
+def nll_offsets(row_ids: Sequence[Any], stride: int) -> np.ndarray:
+    """Each row's prompt-NLL start offset in [0, stride): a hash of its row id, so the same at every c and in every
+    run, and spread over the offsets across rows (which is what removes the template bias of a fixed offset)."""
+    return np.array([zlib.crc32(str(r).encode()) % stride for r in row_ids], dtype=np.int64)
 
 
 def score(
@@ -147,6 +158,7 @@ def score(
     if overlap:
         raise ValueError(f"answer words {sorted(overlap)[0]} share vocabulary tokens: choose two distinct answers")
     labels = [c for c in rows.columns if c.startswith(LABEL)]
+    offsets = torch.from_numpy(nll_offsets(rows["row_id"], nll_stride))
     frames = []
     bar = tqdm(total=len(coeffs) * len(rows), desc=f"score {evalset.name}", unit="q", disable=not progress)
     for c in coeffs:
@@ -157,7 +169,8 @@ def score(
         with steerer.steer(model, float(c)), autocast(precision, model.device):
             for idx, batch in batches:
                 got = forward_scores(model, batch, [ids[w] for w in rows["choice_pos"].iloc[idx]],
-                                     [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride)
+                                     [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride,
+                                     offsets[idx])
                 for k, v in got.items():
                     res[k][idx] = v.double().numpy()
                 bar.update(len(idx))

@@ -82,7 +82,7 @@ def fitted_pairs(adapter: Path, concept: str | None) -> tuple[ContrastPairs | No
 @app.command("eval")
 def eval_command(
     adapter: Path = typer.Option(..., help="saved steerer directory (with steerer.json), e.g. from `innerpissa train`"),
-    dataset: list[str] = typer.Option(["dd-honesty"], help="dd-honesty, dd-all, dd-sample-N, truthfulqa or a .jsonl/.csv (repeatable)"),
+    dataset: list[str] = typer.Option(["dd-honesty"], help="dd-honesty, dd-all, dd-sample-N, truthfulqa, truthfulqa-sample-N or a .jsonl/.csv (repeatable)"),
     coeffs: list[float] = typer.Option(None, help="steering coefficients, e.g. --coeffs -2 -1 0 1 2 (default -1 0 1)"),
     out: Path | None = typer.Option(None, help="run directory to write (default runs/eval/<adapter name>)"),
     limit: int | None = typer.Option(None, min=1, help="at most N rows per dataset (whole dilemmas, seeded)"),
