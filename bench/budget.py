@@ -84,7 +84,9 @@ def transfer_block(coll: pd.DataFrame, scores: pd.DataFrame, hashes: list[str], 
     return out
 
 
-def control_block(coll: pd.DataFrame, hashes: list[str], null: dict) -> dict[str, Any]:
+def control_block(coll: pd.DataFrame, hashes: list[str], null: dict, probe_null: dict) -> dict[str, Any]:
+    """The token-level positive control (score = r, its pass rule) and, beside it, the hidden-state probe control
+    (`probe`: share of the persona gap reproduced at the last layer, its own random band and pass rule)."""
     rows = coll[coll["run_hash"].isin(hashes)].drop_duplicates("run_hash")
     if rows.empty or "control_score" not in rows:
         return {}
@@ -93,6 +95,13 @@ def control_block(coll: pd.DataFrame, hashes: list[str], null: dict) -> dict[str
            "r_pos": _mean(rows, "control_r_pos"), "r_neg": _mean(rows, "control_r_neg"),
            "slope": _mean(rows, "control_slope"), **null}
     out["passes"] = bool(np.isfinite(out["score"]) and v.min() > null.get("null_hi", np.inf))
+    pv = pd.Series(_num(rows, "control_probe_score"))
+    if pv.notna().any():
+        depths = sorted(c for c in rows if c.startswith("control_probe_score_d"))
+        out["probe"] = {"score": float(pv.mean()), "seed_scores": pv.tolist(),
+                        "frac_right": _mean(rows, "control_probe_frac_right"),
+                        "per_depth": {c.removeprefix("control_probe_score_"): _mean(rows, c) for c in depths},
+                        **probe_null, "passes": bool(pv.notna().all() and pv.min() > probe_null.get("null_hi", np.inf))}
     return out
 
 
@@ -122,9 +131,11 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
     r_rows = coll[coll["run_hash"].isin(rnd) & (coll["dataset"] == dataset)]
     null_t = null_band(_num(r_rows, "effect"))
     null_c = null_band(_num(r_rows, "control_score"))
+    null_p = null_band(_num(r_rows, "control_probe_score"))
     out: dict[str, Any] = {"recipes": {}, "budget_curve": [],
                            "random": {"seeds": len(rnd), "transfer_effects": _num(r_rows, "effect"),
                                       "control_scores": _num(r_rows, "control_score"),
+                                      "probe_scores": _num(r_rows, "control_probe_score"),
                                       "dnll": _mean(r_rows, "dnll")}}
     for r in recipes:
         for b in budgets:
@@ -132,7 +143,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
                   and budget_label(c) == b]
             if not hs:
                 continue
-            block = {"budget": b, "positive_control": control_block(coll, hs, null_c),
+            block = {"budget": b, "positive_control": control_block(coll, hs, null_c, null_p),
                      "transfer": transfer_block(coll, scores, hs, null_t, dataset)}
             fits = coll[coll["run_hash"].isin(hs)]
             block["train_steps_mean"] = _mean(fits, "env.fit.steps") if "env.fit.steps" in fits else None
@@ -217,6 +228,8 @@ def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed
         "complete": n_done == len(cfgs), "n_runs_done": n_done, "n_runs_planned": len(cfgs),
         "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1), "failed": failed,
         "criteria": {"positive_control.passes": "every seed's r above the random band's upper 95% bound",
+                     "positive_control.probe.passes": "every seed's last-layer probe score (share of the held-out "
+                                                      "persona gap reproduced) above its random band's upper 95% bound",
                      "transfer.passes": "seed-pooled side-balanced effect above the random band (null_hi), p < 0.01, "
                                         "dnll <= 0.2"},
         **result,

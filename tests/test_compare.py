@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from innerpissa import cli
-from innerpissa.experiments import evaluate
+from innerpissa.experiments import evaluate, run
 from innerpissa.experiments.compare import compare_configs
 from innerpissa.steerers._addition import AdditionSteerer
 from test_sweep import TINY_CONCEPT
@@ -82,6 +82,20 @@ def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
     for h in info["runs"]:  # every run carries its positive control on the held-out pairs
         ctl = json.loads((root / "runs" / h / "control.json").read_text())
         assert ctl["n_suffixes"] >= 2 and -1 <= ctl["score"] <= 1
+        assert np.isfinite(ctl["probe_score"]) and ctl["probe_ci_low"] <= ctl["probe_score"] <= ctl["probe_ci_high"]
+
+    # runs made before the probe control get it back from their cached fits, unchanged and without refitting
+    counters.update(fit=0, eval=0)
+    first = next(iter(info["runs"]))
+    path = root / "runs" / first / "control.json"
+    full = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in full.items() if not k.startswith("probe_")}))
+    assert run.backfill_probe(root, progress=False) == [root / "runs" / first]
+    back = json.loads(path.read_text())
+    nums = [k for k, v in full.items() if isinstance(v, float)]
+    assert {k: back[k] for k in nums} == pytest.approx({k: full[k] for k in nums}) and "probe_added" in back
+    assert back["probe_layers"] == full["probe_layers"] and "probe_score_d0.5" in nums
+    assert run.backfill_probe(root, progress=False) == [] and counters == {"fit": 0, "eval": 0}
 
     # rerun: every run is complete, so nothing is fitted or evaluated again
     counters.update(fit=0, eval=0)

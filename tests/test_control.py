@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from innerpissa.concepts import ContrastPairs
-from innerpissa.eval.control import _r_from_sums, neutral_messages, null_band, positive_control
+from innerpissa.batching import chat_text
+from innerpissa.eval.control import _r_from_sums, neutral_messages, null_band, positive_control, probe_control
 from innerpissa.testing import tiny_model
 from tests._eval_steerers import AddVector, Identity
 
@@ -75,3 +76,46 @@ def test_r_from_sums_matches_numpy_and_null_band_by_hand() -> None:
     assert _r_from_sums(sums) == pytest.approx(np.corrcoef(x, y)[0, 1])
     b = null_band([0.1, -0.1, 0.0])  # mean 0, sd 0.1, t_{0.975, 2} = 4.3027
     assert b["null_hi"] == pytest.approx(4.302653 * 0.1 * np.sqrt(1 + 1 / 3), rel=1e-5)
+
+
+def _suffix_mean_by_hand(model, tok, messages, layer: int) -> np.ndarray:
+    """Unbatched, unpadded: mean over the assistant-content tokens of `hidden_states[layer]` (the output of
+    decoder layer layer - 1, unsteered)."""
+    text, start = chat_text(tok, messages)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    comp = torch.tensor([o[0] >= start and o[1] > o[0] for o in enc["offset_mapping"]])
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor([enc["input_ids"]]), output_hidden_states=True).hidden_states[layer][0]
+    return h[comp].double().mean(0).numpy()
+
+
+def test_probe_control_persona_swap_is_one_and_identity_is_zero(tiny) -> None:
+    model, tok = tiny
+    p = _pairs()
+    r = probe_control(model, tok, PersonaSwap(), p, p, n_boot=100)
+    assert r["probe_layers"] == [0, 1, 2, 3]
+    for d in (0.25, 0.5, 0.75, 1):
+        assert r[f"probe_score_d{d:g}"] == pytest.approx(1.0)
+    assert r["probe_score"] == r["probe_score_d1"] and r["probe_ci_low"] == pytest.approx(1.0)
+    assert probe_control(model, tok, PersonaSwap(-1.0), p, p, n_boot=100)["probe_score"] == pytest.approx(-1.0)
+    assert probe_control(model, tok, Identity(), p, p, n_boot=100)["probe_score"] == 0.0
+
+
+def test_probe_control_of_an_added_vector_matches_the_hand_computation(tiny) -> None:
+    """AddVector(v) moves decoder layer 1's output (depth 0.5 of 4 layers) by exactly ±v, so there the score is
+    2 v·w / mean gap, w and the gap from unbatched forwards (hidden_states[2]); layer 0 (before it) does not move."""
+    model, tok = tiny
+    p = _pairs()
+    train, val = p.subset([0, 1, 2, 3]), p.subset([4, 5])
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    r = probe_control(model, tok, AddVector(v, layer=1), train, val, n_boot=100)
+
+    def diffs(pairs):
+        return np.stack([_suffix_mean_by_hand(model, tok, pairs.messages(i, True), 2)
+                         - _suffix_mean_by_hand(model, tok, pairs.messages(i, False), 2) for i in range(len(pairs))])
+
+    w = diffs(train).mean(0)
+    w /= np.linalg.norm(w)
+    hand = 2 * v.double().numpy() @ w / (diffs(val) @ w).mean()
+    assert r["probe_score_d0.5"] == pytest.approx(hand, rel=1e-4)
+    assert r["probe_score_d0.25"] == pytest.approx(0.0, abs=1e-6)

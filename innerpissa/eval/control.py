@@ -10,11 +10,19 @@ suffix tokens (scale-free, so it does not reward strength), with a bootstrap CI 
 (Σdg / Σg²) says how much of the persona difference the steering reproduces. A random direction of the
 same strength scores r ≈ 0 with either sign; `null_band` turns a set of such scores into the band a
 method must clear.
+
+`probe_control` asks the same question of the hidden states instead of the tokens: a difference-in-means probe
+w (base model, training pairs, suffix-mean hidden state of the positive minus the negative persona) at a few
+depths; on the held-out pairs, the share of the persona gap w·(h_pos − h_neg) that steering the neutral prompt
+reproduces, w·(h_{+c} − h_{−c}). Output-level r has a wide random null (a model's first-order response to any
+perturbation is low-rank, so random directions correlate with the persona difference by chance); a probe
+direction in a 576-dim state is hit by a random direction only at ~1/√d.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +32,8 @@ from scipy import stats
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Messages, encode
+from ..capture import capture
+from ..models import decoder_layers
 from ..concepts import ContrastPairs
 from ..steerers.base import Steerer
 
@@ -136,3 +146,83 @@ def null_band(null_scores: list[float], level: float = 0.95) -> dict[str, float]
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) * np.sqrt(1 + 1 / len(v))
     return {"null_mean": float(v.mean()), "null_sd": float(v.std(ddof=1)), "null_hi": float(v.mean() + half),
             "null_lo": float(v.mean() - half), "null_n": int(len(v))}
+
+
+PROBE_DEPTHS = (0.25, 0.5, 0.75, 1.0)  # output of the layer this far up the stack; 1.0 = the last, before the final norm
+
+
+@torch.no_grad()
+def suffix_hidden(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages], layers: list[int],
+                  batch_size: int = 16, max_length: int = 256) -> dict[int, np.ndarray]:
+    """Per conversation, the mean residual-stream output of each decoder layer in `layers` (0-based) over its
+    suffix (assistant) tokens: {layer: [n, d]} in float64. Read by hooks on the layers, registered after any
+    steering hooks, so an activation addition on a layer's output is seen there."""
+    blocks = decoder_layers(model)
+    device = next(model.parameters()).device
+    out: dict[int, list[np.ndarray]] = {li: [] for li in layers}
+    for s in range(0, len(convs), batch_size):
+        b = encode(tok, convs[s: s + batch_size], max_length).to(device)
+        with capture({li: blocks[li] for li in layers}, b.input_ids.shape[1]) as store:
+            model(**b.model_inputs(), logits_to_keep=1)
+        m = b.completion_mask.unsqueeze(-1).to(torch.float64)
+        for li in layers:
+            out[li].append(((store[li].double() * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy())
+    return {li: np.concatenate(v) for li, v in out.items()}
+
+
+@dataclass(frozen=True)
+class ProbeBasis:
+    """The unsteered half of the probe control, reusable across steerers fit on the same pairs: per depth the
+    decoder layer, the unit probe direction w (training pairs) and each held-out pair's persona gap along it."""
+
+    depths: tuple[float, ...]
+    layers: tuple[int, ...]
+    w: dict[int, np.ndarray]
+    gap: dict[int, np.ndarray]
+    n_train: int
+
+
+def probe_basis(model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs, val: ContrastPairs,
+                depths: tuple[float, ...] = PROBE_DEPTHS, batch_size: int = 16) -> ProbeBasis:
+    """Difference-in-means probe per depth on the base model's suffix-mean states, and the held-out gaps."""
+    depths = tuple(sorted(depths))
+    layers = tuple(max(0, round(d * model.config.num_hidden_layers) - 1) for d in depths)
+    uniq = sorted(set(layers))
+    n, m = len(train), len(val)
+    tr = suffix_hidden(model, tok, [train.messages(i, True) for i in range(n)]
+                       + [train.messages(i, False) for i in range(n)], uniq, batch_size)
+    va = suffix_hidden(model, tok, [val.messages(i, True) for i in range(m)]
+                       + [val.messages(i, False) for i in range(m)], uniq, batch_size)
+    w = {li: (tr[li][:n] - tr[li][n:]).mean(0) for li in uniq}
+    w = {li: v / (np.linalg.norm(v) or 1.0) for li, v in w.items()}
+    return ProbeBasis(depths, layers, w, {li: (va[li][:m] - va[li][m:]) @ w[li] for li in uniq}, n)
+
+
+def probe_control(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, train: ContrastPairs,
+    val: ContrastPairs, c_pos: float = 1.0, c_neg: float = 1.0, basis: ProbeBasis | None = None,
+    batch_size: int = 16, n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """The hidden-state positive control, flat keys for control.json: `probe_score` (share of the held-out persona
+    gap along the last layer's probe reproduced by steering at +c_pos vs −c_neg, mean move ÷ mean gap),
+    `probe_ci_low/high` (bootstrap over held-out pairs), `probe_frac_right` (pairs moved the positive way) and
+    `probe_score_d<depth>` per depth. The headline depth (the last layer) is fixed in advance, not picked.
+    `basis` (from `probe_basis` on the same model and pairs) skips the unsteered forwards."""
+    basis = basis or probe_basis(model, tok, train, val, batch_size=batch_size)
+    uniq = sorted(set(basis.layers))
+    neutral = [neutral_messages(val, i) for i in range(len(val))]
+    moved = {}
+    for c in (c_pos, -c_neg):
+        with _steered(model, steerer, c):
+            moved[c] = suffix_hidden(model, tok, [steerer.messages(x, c) for x in neutral], uniq, batch_size)
+    idx = np.random.default_rng(seed).integers(0, len(val), size=(n_boot, len(val)))
+    out: dict[str, Any] = {"probe_layers": list(basis.layers), "probe_n_train": basis.n_train, "probe_n_val": len(val)}
+    for d, li in zip(basis.depths, basis.layers):
+        gap, move = basis.gap[li], (moved[c_pos][li] - moved[-c_neg][li]) @ basis.w[li]
+        out[f"probe_score_d{d:g}"] = float(move.mean() / gap.mean()) if gap.mean() != 0 else np.nan
+        if d == basis.depths[-1]:
+            boot = move[idx].mean(1) / gap[idx].mean(1)
+            out.update(probe_score=out[f"probe_score_d{d:g}"], probe_ci_low=float(np.percentile(boot, 2.5)),
+                       probe_ci_high=float(np.percentile(boot, 97.5)), probe_frac_right=float((move > 0).mean()),
+                       probe_gap=float(gap.mean()))
+    return out

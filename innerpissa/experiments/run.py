@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import steerers
@@ -293,13 +294,54 @@ def write_samples(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokeniz
     atomic_write_json(out / "samples.json", table.to_dict(orient="records"))
 
 
-def write_control(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, val: ContrastPairs,
-                  seed: int, out: Path) -> None:
-    """The positive control (`eval.control`) on the held-out validation pairs at c = ±1 (run units) -> control.json."""
-    from ..eval.control import positive_control
+def write_control(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, train: ContrastPairs,
+                  val: ContrastPairs, seed: int, out: Path) -> None:
+    """Both positive controls (`eval.control`: token log-probs and the hidden-state probe) on the held-out
+    validation pairs at c = ±1 (run units) -> control.json."""
+    from ..eval.control import positive_control, probe_control
     from .evaluate import _clean
 
-    atomic_write_json(out / "control.json", _clean(positive_control(model, tok, steerer, val, seed=seed)))
+    atomic_write_json(out / "control.json", _clean({**positive_control(model, tok, steerer, val, seed=seed),
+                                                    **probe_control(model, tok, steerer, train, val, seed=seed)}))
+
+
+def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
+                val: ContrastPairs, root: Path) -> tuple[Steerer, dict[str, Any], Calibration]:
+    """The run's steerer as it is scored: fitted (or reused), calibrated, and under a KL budget wrapped so that its
+    coefficients are budget units."""
+    steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
+    calibration = calibrate_cached(cfg, model, tok, steerer, root)
+    if cfg.kl is not None:
+        steerer = CalibratedSteerer(steerer, calibration)
+    return steerer, fit_info, calibration
+
+
+def backfill_probe(root: Path, progress: bool = True) -> list[Path]:
+    """Add the hidden-state probe control to finished runs under ROOT made before it existed (control.json without
+    `probe_score`), from their cached fits and calibrations only (a run whose fit is gone is skipped, never
+    refit); the unsteered probe basis is computed once per model and pair set. Returns the runs updated."""
+    from ..eval.control import probe_basis, probe_control
+    from .evaluate import _clean
+
+    bases: dict[tuple[str, str], Any] = {}
+    done = []
+    runs = sorted(d for d in (Path(root) / "runs").glob("*") if (d / "DONE").is_file() and (d / "control.json").is_file())
+    for d in tqdm(runs, desc="probe backfill", disable=not progress):
+        control = json.loads((d / "control.json").read_text())
+        cfg = RunConfig(**json.loads((d / "config.json").read_text())["run"])
+        if "probe_score" in control or not (Path(root) / "fits" / cfg.fit_hash() / "DONE").is_file():
+            continue
+        model, tok = load_cached(cfg.model)
+        train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
+        steerer, _, _ = run_steerer(cfg, model, tok, train, val, root)
+        key = (cfg.model, pairs_sha256(train, val))
+        if key not in bases:
+            bases[key] = probe_basis(model, tok, train, val)
+        control.update(probe_control(model, tok, steerer, train, val, basis=bases[key], seed=cfg.seed),
+                       probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        atomic_write_json(d / "control.json", _clean(control))
+        done.append(d)
+    return done
 
 
 def run_one(cfg: RunConfig, root: Path) -> Path:
@@ -321,11 +363,8 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
     try:
         model, tok = load_cached(cfg.model)
         train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
-        steerer, fit_info = fit_cached(cfg, model, tok, train, val, root)
-        calibration = calibrate_cached(cfg, model, tok, steerer, root)
-        if cfg.kl is not None:  # coefficients are budget units from here on
-            steerer = CalibratedSteerer(steerer, calibration)
-        write_control(model, tok, steerer, val, cfg.seed, out)
+        steerer, fit_info, calibration = run_steerer(cfg, model, tok, train, val, root)
+        write_control(model, tok, steerer, train, val, cfg.seed, out)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed, calibration=calibration,
                      train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min,
