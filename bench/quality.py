@@ -32,7 +32,9 @@ from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 from innerpissa.experiments.tables import audit_correlations, powered_table, quality_rows, to_markdown  # noqa: E402
 from innerpissa.io import atomic_write_text  # noqa: E402
 
-METHODS = "innerpissa,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora"
+# InnerPiSSA per recipe: the default (reprpo-v0), then antipasto (the one recipe that passes the hidden-state
+# positive control in the budget bench) and the seed code's
+METHODS = "innerpissa,innerpissa:antipasto,innerpissa:seed,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora"
 # TruthfulQA: 400 of its 817 questions (both answer orders): the whole set is 60 % of a run's time, and 400 paired
 # questions x 3 seeds already resolve effects far below the dilemma set's
 DATASETS = "dd-honesty,truthfulqa-sample-400"

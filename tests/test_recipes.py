@@ -146,3 +146,23 @@ def test_every_position_reference_is_cached_exactly():
     assert torch.equal(cached.coh_mask, fresh.coh_mask) and torch.equal(cached.mask, fresh.mask)
     assert cached.coh_mask.sum() > cached.mask.sum()  # the prompt tokens are covered, not only the suffix
     assert torch.allclose(cached.nll * cached.coh_mask, fresh.nll * fresh.coh_mask, atol=1e-5)
+
+
+def test_recipe_aliases_become_labelled_rows_against_the_plain_default() -> None:
+    """`innerpissa:<recipe>` names a run of InnerPiSSA under that recipe; in tables the default run keeps the plain
+    name (the paired reference) and each recipe run is labelled by its recipe."""
+    import json
+
+    import pandas as pd
+
+    from innerpissa.experiments.compare import compare_configs
+    from innerpissa.experiments.tables import variant_labels
+
+    cfgs = compare_configs(["innerpissa", "innerpissa:antipasto", "innerpissa:seed", "pca"], 1, "tiny-llama",
+                           "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])
+    assert [(c.method, c.params) for c in cfgs] == [("innerpissa", {}), ("innerpissa", {"recipe": "antipasto"}),
+                                                    ("innerpissa", {"recipe": "seed"}), ("pca", {})]
+    assert cfgs[1].resolved_configs() != cfgs[0].resolved_configs()
+    runs = pd.DataFrame({"method": [c.method for c in cfgs],
+                         "params_key": [json.dumps(c.params, sort_keys=True) for c in cfgs]})
+    assert variant_labels(runs).tolist() == ["innerpissa", "innerpissa (recipe=antipasto)", "innerpissa (recipe=seed)", "pca"]

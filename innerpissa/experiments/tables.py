@@ -68,7 +68,8 @@ def _select(collected: pd.DataFrame, dataset: str, presets: bool) -> pd.DataFram
 
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
-    """Row label per run: the method name, plus the params that differ when a method has several configs."""
+    """Row label per run: the method name, plus the params that differ when a method has several configs (a run on
+    the method's defaults, params {}, keeps the plain name: it is the row other variants are read against)."""
     labels = pd.Series(runs["method"].astype(str), index=runs.index)
     for method, g in runs.groupby("method"):
         keys = sorted(g["params_key"].unique())
@@ -77,7 +78,8 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
         dicts = {k: json.loads(k) for k in keys}
         differ = sorted({p for d in dicts.values() for p in d if len({json.dumps(e.get(p)) for e in dicts.values()}) > 1})
         for k, d in dicts.items():
-            labels[g.index[g["params_key"] == k]] = f"{method} (" + ", ".join(f"{p}={d.get(p)}" for p in differ) + ")"
+            if d:
+                labels[g.index[g["params_key"] == k]] = f"{method} (" + ", ".join(f"{p}={d.get(p)}" for p in differ) + ")"
     return labels
 
 
