@@ -133,7 +133,8 @@ def _runs(spec, dataset="dd-honesty"):
             h = f"{method}-{s}"
             runs.append({"run_hash": h, "method": method, "seed": s, "preset": None, "model": "m", "concept": "honesty",
                          "params_key": "{}", "dataset": dataset, "target_dim": "Value/honesty",
-                         "kl_budget": 0.1, "coeff_pos": 2.0 + s, "coeff_neg": 3.0, "kl_pos": 0.1, "kl_neg": 0.1})
+                         "kl_budget": 0.1, "coeff_pos": 2.0 + s, "coeff_neg": 3.0, "kl_pos": 0.1, "kl_neg": 0.1,
+                         "control_score": 0.1 * s, "control_probe_score": 1.0 + s})
             scores.append(_table(slopes).assign(run_hash=h, dataset=dataset))
     return pd.DataFrame(runs), pd.concat(scores, ignore_index=True)
 
@@ -156,6 +157,9 @@ def test_powered_rows_pool_seeds_and_pair_against_the_reference():
     rows = {r["method"]: r for r in quality_rows(st.reset_index())}
     assert rows["innerpissa"]["paired_vs_innerpissa"] is None and rows["random"]["kl"] == pytest.approx(0.1)
     assert rows["random"]["paired_vs_innerpissa"]["diff"] == pytest.approx(st.loc["random", "vs_ref_diff"])
+    # both positive controls are the seed means: random seeds 0, 1, 2 -> r 0.1, probe 2.0
+    assert rows["random"]["positive_control"] == pytest.approx({"r": 0.1, "probe": 2.0})
+    assert shown.loc["innerpissa", "control r / probe"] == "0.050 / 1.500"
 
 
 def test_audit_correlations_across_runs():

@@ -22,7 +22,7 @@ METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", 
 # target label dimension per dataset, used when summary.json does not name one ("target_dim")
 DEFAULT_TARGETS = {"dd-honesty": "Value/honesty", "truthfulqa": "truthfulqa/true"}
 TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect",
-                  "action_bias", "effect_pooled", "control_score"]
+                  "action_bias", "effect_pooled", "control_score", "control_probe_score"]
 CALIBRATION_METRICS = ["coeff_pos", "coeff_neg", "kl_pos", "kl_neg"]  # the run's c at ±1 and its KL (eval.calibrate)
 
 
@@ -131,6 +131,7 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
             "Yes-bias-controlled effect": f"{fmt_ci(yb)} (p={fmt_p(yb['p'])})",
             "action bias": fmt_ci(aggs["action_bias"]),
             "positive control r": fmt_ci(aggs["control_score"]),
+            "probe control": fmt_ci(aggs["control_probe_score"]),
             "pooled effect (not side-balanced)": fmt_ci(aggs["effect_pooled"]),
             "c +/− (KL +/−)": _calibration_cell(g, aggs),
             "selectivity": fmt_ci(aggs["selectivity"]),
@@ -342,7 +343,7 @@ def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, re
         g = runs[runs["label"] == label]
         mean = {k: float(pd.to_numeric(g[k], errors="coerce").mean()) if k in g else np.nan
                 for k in ("kl_budget", "coeff_pos", "coeff_neg", "kl_pos", "kl_neg", "action_bias", "selectivity",
-                          "raw_shift", *AUDIT_METRICS)}
+                          "raw_shift", "control_score", "control_probe_score", *AUDIT_METRICS)}
         row = {"label": label, "method": g["method"].iloc[0], "n_seeds": int(g["seed"].nunique()), **mean}
         if t:
             p = pooled_effect(t, dim, n_boot, seed)
@@ -375,6 +376,7 @@ def powered_table(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, r
             f"{_num(get(r, 'vs_ref_diff'))} [{_num(lo)}, {_num(hi)}]",
             f"vs {reference}": verdict if r["label"] != reference else "–",
             "action bias": _num(get(r, "action_bias")), "selectivity": _num(get(r, "selectivity")),
+            "control r / probe": f"{_num(get(r, 'control_score'))} / {_num(get(r, 'control_probe_score'))}",
         })
     out = pd.DataFrame(rows)
     out.attrs["stats"] = st
@@ -409,6 +411,7 @@ def audit_correlations(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
 def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dict]:
     """`powered_rows` as the bench's JSON rows: {method, kl, kl_pos, kl_neg, coeff_pos, coeff_neg, n_seeds, effect,
     ci_low, ci_high, action_bias, selectivity, paired_vs_<reference>: {diff, ci_low, ci_high} or None,
+    positive_control: {r, probe} (seed means of the token-level and hidden-state controls),
     audit: {ref_logscore, ref_logscore_abs_t, steering_f1}}; NaN becomes None."""
     def num(r: pd.Series, k: str) -> float | None:
         v = r.get(k, np.nan)
@@ -422,5 +425,6 @@ def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dic
                      **{k: num(r, k) for k in ("effect", "ci_low", "ci_high", "action_bias", "selectivity")},
                      f"paired_vs_{reference}": None if diff is None else
                      {"diff": diff, "ci_low": num(r, "vs_ref_ci_low"), "ci_high": num(r, "vs_ref_ci_high")},
+                     "positive_control": {"r": num(r, "control_score"), "probe": num(r, "control_probe_score")},
                      "audit": {k: num(r, k) for k in AUDIT_METRICS}})
     return rows
