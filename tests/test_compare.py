@@ -84,18 +84,24 @@ def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
         assert ctl["n_suffixes"] >= 2 and -1 <= ctl["score"] <= 1
         assert np.isfinite(ctl["probe_score"]) and ctl["probe_ci_low"] <= ctl["probe_score"] <= ctl["probe_ci_high"]
 
-    # runs made before the probe control get it back from their cached fits, unchanged and without refitting
+    # runs made before the probe control get it back from their cached fits, unchanged and without refitting;
+    # runs that saved no generations get them on request
     counters.update(fit=0, eval=0)
     first = next(iter(info["runs"]))
     path = root / "runs" / first / "control.json"
     full = json.loads(path.read_text())
     path.write_text(json.dumps({k: v for k, v in full.items() if not k.startswith("probe_")}))
-    assert run.backfill_probe(root, progress=False) == [root / "runs" / first]
+    assert run.backfill(root, progress=False) == [root / "runs" / first]
     back = json.loads(path.read_text())
     nums = [k for k, v in full.items() if isinstance(v, float)]
     assert {k: back[k] for k in nums} == pytest.approx({k: full[k] for k in nums}) and "probe_added" in back
     assert back["probe_layers"] == full["probe_layers"] and "probe_score_d0.5" in nums
-    assert run.backfill_probe(root, progress=False) == [] and counters == {"fit": 0, "eval": 0}
+    assert run.backfill(root, progress=False) == [] and counters == {"fit": 0, "eval": 0}
+    assert not (root / "runs" / first / "samples.json").exists()
+    every = list((root / "runs").glob("*/DONE"))  # this comparison's 3 runs and the earlier mean_diff run
+    assert len(run.backfill(root, samples=2, progress=False)) == len(every) == 4
+    gen = json.loads((root / "runs" / first / "samples.json").read_text())
+    assert len(gen) == 2 * 3 and {g["coeff"] for g in gen} == {-1.0, 0.0, 1.0} and counters["fit"] == 0
 
     # rerun: every run is complete, so nothing is fitted or evaluated again
     counters.update(fit=0, eval=0)

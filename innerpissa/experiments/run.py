@@ -316,30 +316,35 @@ def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizer
     return steerer, fit_info, calibration
 
 
-def backfill_probe(root: Path, progress: bool = True) -> list[Path]:
-    """Add the hidden-state probe control to finished runs under ROOT made before it existed (control.json without
-    `probe_score`), from their cached fits and calibrations only (a run whose fit is gone is skipped, never
-    refit); the unsteered probe basis is computed once per model and pair set. Returns the runs updated."""
+def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
+    """Add to finished runs under ROOT what runs made before it lack: the hidden-state probe control (control.json
+    without `probe_score`) and, with `samples` > 0, steered generations (samples.json) for runs that saved none.
+    Uses the cached fits and calibrations only (a run whose fit is gone is skipped, never refit); the unsteered
+    probe basis is computed once per model and pair set. Returns the runs updated."""
     from ..eval.control import probe_basis, probe_control
     from .evaluate import _clean
 
     bases: dict[tuple[str, str], Any] = {}
     done = []
     runs = sorted(d for d in (Path(root) / "runs").glob("*") if (d / "DONE").is_file() and (d / "control.json").is_file())
-    for d in tqdm(runs, desc="probe backfill", disable=not progress):
+    for d in tqdm(runs, desc="backfill", disable=not progress):
         control = json.loads((d / "control.json").read_text())
         cfg = RunConfig(**json.loads((d / "config.json").read_text())["run"])
-        if "probe_score" in control or not (Path(root) / "fits" / cfg.fit_hash() / "DONE").is_file():
+        need_probe, need_samples = "probe_score" not in control, samples > 0 and not (d / "samples.json").is_file()
+        if not (need_probe or need_samples) or not (Path(root) / "fits" / cfg.fit_hash() / "DONE").is_file():
             continue
         model, tok = load_cached(cfg.model)
         train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
         steerer, _, _ = run_steerer(cfg, model, tok, train, val, root)
-        key = (cfg.model, pairs_sha256(train, val))
-        if key not in bases:
-            bases[key] = probe_basis(model, tok, train, val)
-        control.update(probe_control(model, tok, steerer, train, val, basis=bases[key], seed=cfg.seed),
-                       probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        atomic_write_json(d / "control.json", _clean(control))
+        if need_probe:
+            key = (cfg.model, pairs_sha256(train, val))
+            if key not in bases:
+                bases[key] = probe_basis(model, tok, train, val)
+            control.update(probe_control(model, tok, steerer, train, val, basis=bases[key], seed=cfg.seed),
+                           probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            atomic_write_json(d / "control.json", _clean(control))
+        if need_samples:
+            write_samples(cfg.model_copy(update={"samples": samples}), model, tok, steerer, eval_sets(cfg), d)
         done.append(d)
     return done
 
