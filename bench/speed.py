@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,11 +110,11 @@ def fwd_bwd(x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor) -> tuple[torch.T
 def matmul_section(model, reps: int, tokens: int = 2048) -> dict:
     """The hardware's ceiling: bf16 ÷ fp32 time of the model's own matmul shapes (every distinct Linear, forward
     [T, in] @ [in, out] and the two backward products), interleaved. A step made of matmuls cannot beat this ratio."""
-    shapes = sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    counts = Counter(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
     g = torch.Generator().manual_seed(0)
     out: dict = {"tokens": tokens, "threads": torch.get_num_threads(), "shapes": {}}
     total = {p: 0.0 for p in PRECS}
-    for o, i in shapes:
+    for (o, i), n in sorted(counts.items()):
         mats = {p: (torch.randn(tokens, i, generator=g).to(dt), torch.randn(i, o, generator=g).to(dt),
                     torch.randn(tokens, o, generator=g).to(dt))
                 for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
@@ -122,7 +123,7 @@ def matmul_section(model, reps: int, tokens: int = 2048) -> dict:
         t = {p: med(v) for p, v in times.items()}
         out["shapes"][f"{i}x{o}"] = {"gflops": {p: flops / t[p] / 1e9 for p in PRECS}, "bf16_ratio": t["bf16"] / t["fp32"]}
         for p in PRECS:
-            total[p] += t[p] * sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear) and tuple(m.weight.shape) == (o, i))
+            total[p] += t[p] * n
     out["bf16_ratio_model_weighted"] = total["bf16"] / total["fp32"]
     return out
 

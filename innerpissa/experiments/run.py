@@ -194,12 +194,16 @@ def _fingerprint(model: PreTrainedModel) -> tuple:
     return mods, hooks, tensors_sha256(model.state_dict().items())
 
 
+_PROBE_BASES: dict[tuple[str, str], Any] = {}  # (model spec, pairs sha256) -> eval.control.ProbeBasis
+
+
 def load_cached(spec: str) -> Loaded:
     """(model, tok) for `spec` (incl. the test specs tiny-llama / tiny-qwen2), reusing a clean cached copy."""
     hit = _MODEL_CACHE.get(spec)
     if hit is not None and _fingerprint(hit[0]) == hit[2]:
         return hit[0], hit[1]
     _MODEL_CACHE.clear()  # one model in memory at a time
+    _PROBE_BASES.clear()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec in TINY_MODELS:
         from ..testing import tiny_model
@@ -294,15 +298,29 @@ def write_samples(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokeniz
     atomic_write_json(out / "samples.json", table.to_dict(orient="records"))
 
 
-def write_control(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, train: ContrastPairs,
-                  val: ContrastPairs, seed: int, out: Path) -> None:
+def probe_basis_cached(spec: str, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
+                       val: ContrastPairs) -> Any:
+    """`eval.control.probe_basis` of the cached model `spec` on these pairs, computed once per process (it is ~85 %
+    of the probe control's forwards and the same for every method fit on the same pairs)."""
+    from ..eval.control import probe_basis
+
+    key = (spec, pairs_sha256(train, val))
+    if key not in _PROBE_BASES:
+        _PROBE_BASES[key] = probe_basis(model, tok, train, val)
+    return _PROBE_BASES[key]
+
+
+def write_control(spec: str, model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer,
+                  train: ContrastPairs, val: ContrastPairs, seed: int, out: Path) -> None:
     """Both positive controls (`eval.control`: token log-probs and the hidden-state probe) on the held-out
     validation pairs at c = ±1 (run units) -> control.json."""
     from ..eval.control import positive_control, probe_control
     from .evaluate import _clean
 
+    basis = probe_basis_cached(spec, model, tok, train, val)
     atomic_write_json(out / "control.json", _clean({**positive_control(model, tok, steerer, val, seed=seed),
-                                                    **probe_control(model, tok, steerer, train, val, seed=seed)}))
+                                                    **probe_control(model, tok, steerer, train, val, basis=basis,
+                                                                    seed=seed)}))
 
 
 def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
@@ -321,10 +339,9 @@ def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
     without `probe_score`) and, with `samples` > 0, steered generations (samples.json) for runs that saved none.
     Uses the cached fits and calibrations only (a run whose fit is gone is skipped, never refit); the unsteered
     probe basis is computed once per model and pair set. Returns the runs updated."""
-    from ..eval.control import probe_basis, probe_control
+    from ..eval.control import probe_control
     from .evaluate import _clean
 
-    bases: dict[tuple[str, str], Any] = {}
     done = []
     runs = sorted(d for d in (Path(root) / "runs").glob("*") if (d / "DONE").is_file() and (d / "control.json").is_file())
     for d in tqdm(runs, desc="backfill", disable=not progress):
@@ -337,10 +354,8 @@ def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
         train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
         steerer, _, _ = run_steerer(cfg, model, tok, train, val, root)
         if need_probe:
-            key = (cfg.model, pairs_sha256(train, val))
-            if key not in bases:
-                bases[key] = probe_basis(model, tok, train, val)
-            control.update(probe_control(model, tok, steerer, train, val, basis=bases[key], seed=cfg.seed),
+            basis = probe_basis_cached(cfg.model, model, tok, train, val)
+            control.update(probe_control(model, tok, steerer, train, val, basis=basis, seed=cfg.seed),
                            probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             atomic_write_json(d / "control.json", _clean(control))
         if need_samples:
@@ -369,7 +384,7 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
         model, tok = load_cached(cfg.model)
         train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
         steerer, fit_info, calibration = run_steerer(cfg, model, tok, train, val, root)
-        write_control(model, tok, steerer, train, val, cfg.seed, out)
+        write_control(cfg.model, model, tok, steerer, train, val, cfg.seed, out)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed, calibration=calibration,
                      train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min,
