@@ -32,9 +32,9 @@ from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 from innerpissa.experiments.tables import audit_correlations, powered_table, quality_rows, to_markdown  # noqa: E402
 from innerpissa.io import atomic_write_text  # noqa: E402
 
-# InnerPiSSA per recipe: the default (reprpo-v0), then antipasto (the one recipe that passes the hidden-state
-# positive control in the budget bench) and the seed code's
-METHODS = "innerpissa,innerpissa:antipasto,innerpissa:seed,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora"
+# InnerPiSSA per recipe: the default (antipasto, the one recipe that passes the hidden-state positive control in the
+# budget bench), the objective this project shipped first (reprpo-v0) and the seed code's
+METHODS = "innerpissa,innerpissa:reprpo-v0,innerpissa:seed,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora"
 # TruthfulQA: 400 of its 817 questions (both answer orders): the whole set is 60 % of a run's time, and 400 paired
 # questions x 3 seeds already resolve effects far below the dilemma set's
 DATASETS = "dd-honesty,truthfulqa-sample-400"
@@ -46,20 +46,18 @@ SAMPLES = 8  # steered generations (c = -1, 0, +1) per run, in samples.json and 
 
 def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float], datasets: list[str], model: str,
          eval_limit: int | None, n_pairs: int | None, pmass_min: float) -> list[RunConfig]:
-    """Every run, in the order that answers the main question first: the gentle budget before the strong one; within
-    a budget InnerPiSSA seed 0 and its first null (3 random seeds), seed 0 of every other method, the other seeds,
-    then the rest of the null."""
+    """Every run, in the order that answers the main question first: at each budget (gentle, then strong) InnerPiSSA
+    seed 0 and its first null (3 random seeds); then at each budget seed 0 of every other method; then the other
+    seeds and the rest of the null."""
     def cfgs(ms: list[str], n: int, kl: float) -> list[RunConfig]:
         return compare_configs(ms, n, model, "honesty", datasets, [-1.0, 0.0, 1.0], eval_limit, "report",
                                samples=SAMPLES, n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
 
-    order: list[RunConfig] = []
-    for kl in budgets:
-        main, rnd = cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)
-        first = [c for c in main if c.seed == 0]
-        order += first[:1] + [c for c in rnd if c.seed < 3] + first[1:]
-        order += [c for c in main if c.seed > 0] + [c for c in rnd if c.seed >= 3]
-    return order
+    per_budget = [(cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)) for kl in budgets]
+    head = [[c for c in main if c.seed == 0][:1] + [c for c in rnd if c.seed < 3] for main, rnd in per_budget]
+    others = [[c for c in main if c.seed == 0][1:] for main, _ in per_budget]
+    rest = [[c for c in main if c.seed > 0] + [c for c in rnd if c.seed >= 3] for main, rnd in per_budget]
+    return [c for phase in (head, others, rest) for block in phase for c in block]
 
 
 def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets: list[str], out: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .concepts import ConceptSpec
+from .concepts.pairs import SUFFIX_DIR
 from .config import AdapterConfig, LossConfig, TrainConfig, parse_section
 
 FOUR_FILES = [  # every vendored suffix file, as both references use (max per file ~ their max_samples / 4)
@@ -81,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
-DEFAULT_RECIPE = "reprpo-v0"
+DEFAULT_RECIPE = "antipasto"  # the one recipe that passes the hidden-state positive control (README, "Does it learn?")
 
 
 def get_recipe(name: str) -> Recipe:
@@ -104,6 +105,13 @@ def resolve(
 
 
 def apply_data(spec: ConceptSpec, name: str) -> ConceptSpec:
-    """The concept with the recipe's data overrides (suffix sources, system prompt) applied."""
-    data = get_recipe(name).data
+    """The concept with the recipe's data overrides (suffix sources, system prompt) applied, except where the
+    concept chose its own: suffixes from its own file or inline list, or a system prompt it sets explicitly. A
+    recipe never silently replaces a researcher's data."""
+    data = dict(get_recipe(name).data)
+    if "suffixes" in data and not all(s.items is None and (SUFFIX_DIR / f"{s.source}.json").is_file()
+                                      for s in spec.suffixes):
+        del data["suffixes"]
+    if "system_prompt" in data and "system_prompt" in spec.model_fields_set:
+        del data["system_prompt"]
     return ConceptSpec(**{**spec.model_dump(), **data}) if data else spec

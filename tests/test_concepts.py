@@ -12,7 +12,7 @@ from innerpissa.concepts import (ConceptError, builtin_concepts, concept_from_wo
 from innerpissa.eval.datasets import load_dataset
 from innerpissa.testing import save_tiny_model, tiny_model
 
-SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
+SMALL = {"adapter": {"r": 8, "layer_range": [0.0, 0.45]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
          "train": {"steps": 2, "batch_size": 2, "n_train": 8, "n_val": 4, "checkpoint_every": 1}}
 
 

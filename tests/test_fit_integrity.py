@@ -8,6 +8,7 @@ from innerpissa.adapter import adapter_layers, attach, collect_module_inputs, ta
 from innerpissa.batching import encode_pairs
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig
+from innerpissa.recipes import DEFAULT_RECIPE
 from innerpissa.steerers import get_steerer
 from innerpissa.testing import save_tiny_model, tiny_model
 
@@ -17,11 +18,11 @@ SMALL = dict(loss=dict(loss_r=8, last_n_tokens=2), train=dict(steps=2, batch_siz
 
 def test_second_fit_trains_a_fresh_adapter_with_the_new_config():
     model, tok = tiny_model("llama")
-    first = get_steerer("innerpissa", adapter=dict(r=4, layer_range=(0.0, 1.0)), **SMALL)
+    first = get_steerer("innerpissa", adapter=dict(r=4, layer_range=(0.0, 0.45)), **SMALL)
     first.fit(model, tok, TRAIN, VAL, progress=False)
     old = dict(adapter_layers(model))
     assert {layer.S.numel() for layer in old.values()} == {4}
-    second = get_steerer("innerpissa", adapter=dict(r=8, layer_range=(0.5, 1.0), rotate_u=True), **SMALL)
+    second = get_steerer("innerpissa", adapter=dict(r=8, layer_range=(0.2, 0.45), rotate_u=True), **SMALL)
     second.fit(model, tok, TRAIN, VAL, progress=False)
     new = adapter_layers(model)
     assert {layer.S.numel() for layer in new.values()} == {8}  # the new config, not the old adapter
@@ -30,7 +31,7 @@ def test_second_fit_trains_a_fresh_adapter_with_the_new_config():
     # no adapter inside an adapter: every wrapped module is the model's original nn.Linear
     assert all(type(layer.base_layer) is torch.nn.Linear for layer in new.values())
     fresh, _ = tiny_model("llama")
-    once = get_steerer("innerpissa", adapter=dict(r=8, layer_range=(0.5, 1.0), rotate_u=True), **SMALL)
+    once = get_steerer("innerpissa", adapter=dict(r=8, layer_range=(0.2, 0.45), rotate_u=True), **SMALL)
     once.fit(fresh, tok, TRAIN, VAL, progress=False)
     for (n, a), (_, b) in zip(sorted(new.items()), sorted(adapter_layers(fresh).items())):
         assert torch.equal(a.U, b.U) and torch.equal(a.S, b.S), n  # the SVD of the *base* weight
@@ -79,13 +80,13 @@ def test_cli_train_records_its_pairs_and_eval_checks_leakage_against_them(run_cl
     from innerpissa.concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_sha256
 
     model, tok = save_tiny_model(tmp_path / "model", "llama")
-    small = {"adapter": {"r": 4, "layer_range": [0.5, 1.0]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
+    small = {"adapter": {"r": 4, "layer_range": [0.2, 0.45]}, "loss": {"loss_r": 8, "last_n_tokens": 2},
              "train": {"steps": 1, "batch_size": 2, "n_train": 4, "n_val": 2}}
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
     code, _, err = run_cli("train", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "a"),
                            "--config", str(tmp_path / "small.yaml"), "--seed", "3")
     assert code == 0, err
-    train, val = fit_pairs("honesty")  # the sweep's pairs: the training seed (3) does not change them
+    train, val = fit_pairs("honesty", recipe=DEFAULT_RECIPE)  # the sweep's pairs: the seed (3) does not change them
     record = json.loads((tmp_path / "a" / PAIRS_FILE).read_text())
     assert (record["concept"], record["pair_seed"], record["sha256"]) == ("honesty", 0, pairs_sha256(train, val))
     # a long suffix the fit saw but that the old rebuild (make_pairs with the training seed 3) would not contain

@@ -42,6 +42,11 @@ def test_recipe_data_overrides_use_all_four_files_and_an_empty_system_turn():
     assert tr.system == "none" and {s["source"] for s in apply_data(spec, "antipasto").model_dump()["suffixes"]} == {
         "all_truncated_outputs", "code_questions", "reasoning", "true_facts"}
     assert any(s.startswith("[INST]") for s in tr.suffixes + va.suffixes)  # code_questions is in
+    # a researcher's own suffixes (inline or a file) and an explicit system prompt are never replaced
+    own = spec.model_copy(update={"suffixes": [{"items": ["I think", "Well,"]}]})
+    own = type(spec)(**{**own.model_dump(), "system_prompt": "model"})
+    kept = apply_data(own, "antipasto")
+    assert [s.items for s in kept.suffixes] == [["I think", "Well,"]] and kept.system_prompt == "model"
 
 
 def test_system_prompt_choice_is_explicit():
@@ -158,11 +163,26 @@ def test_recipe_aliases_become_labelled_rows_against_the_plain_default() -> None
     from innerpissa.experiments.compare import compare_configs
     from innerpissa.experiments.tables import variant_labels
 
-    cfgs = compare_configs(["innerpissa", "innerpissa:antipasto", "innerpissa:seed", "pca"], 1, "tiny-llama",
-                           "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])
-    assert [(c.method, c.params) for c in cfgs] == [("innerpissa", {}), ("innerpissa", {"recipe": "antipasto"}),
-                                                    ("innerpissa", {"recipe": "seed"}), ("pca", {})]
+    cfgs = compare_configs(["innerpissa", "innerpissa:reprpo-v0", "innerpissa:seed", "pca", f"innerpissa:{DEFAULT_RECIPE}"],
+                           1, "tiny-llama", "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])
+    # the recipe is always explicit in the stored config, so a run keeps its meaning if the default changes
+    assert [(c.method, c.params) for c in cfgs] == [
+        ("innerpissa", {"recipe": DEFAULT_RECIPE}), ("innerpissa", {"recipe": "reprpo-v0"}),
+        ("innerpissa", {"recipe": "seed"}), ("pca", {}), ("innerpissa", {"recipe": DEFAULT_RECIPE})]
+    assert cfgs[0].content_hash() == cfgs[4].content_hash()  # `innerpissa:<default>` is the plain run
     assert cfgs[1].resolved_configs() != cfgs[0].resolved_configs()
-    runs = pd.DataFrame({"method": [c.method for c in cfgs],
-                         "params_key": [json.dumps(c.params, sort_keys=True) for c in cfgs]})
-    assert variant_labels(runs).tolist() == ["innerpissa", "innerpissa (recipe=antipasto)", "innerpissa (recipe=seed)", "pca"]
+    runs = pd.DataFrame({"method": [c.method for c in cfgs[:4]],
+                         "params_key": [json.dumps(c.params, sort_keys=True) for c in cfgs[:4]]})
+    assert variant_labels(runs).tolist() == ["innerpissa", "innerpissa (recipe=reprpo-v0)", "innerpissa (recipe=seed)", "pca"]
+
+
+def test_runs_stored_before_the_recipe_was_explicit_collect_as_reprpo_v0() -> None:
+    """A config.json with InnerPiSSA params {} predates explicit recipes; it was the reprpo-v0 objective, and must
+    not be read as today's default."""
+    import json
+
+    from innerpissa.experiments.collect import _run_fields  # applies run.stored_run
+
+    old = _run_fields({"method": "innerpissa", "params": {"train": {"steps": 5}}}, "abc")
+    assert json.loads(old["params_key"]) == {"recipe": "reprpo-v0", "train": {"steps": 5}}
+    assert json.loads(_run_fields({"method": "pca", "params": {}}, "def")["params_key"]) == {}

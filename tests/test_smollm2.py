@@ -23,7 +23,7 @@ def test_smollm2_train_steer_save_load(tmp_path):
     base = model(ids).logits
     train, val = make_pairs(load_concept("honesty"))
     steerer = InnerPiSSASteerer(
-        adapter={"r": 16, "layers": [18, 20]}, loss={"loss_r": 16},
+        adapter={"r": 16, "layers": [10, 12]}, loss={"loss_r": 16},
         train={"steps": 2, "batch_size": 2, "n_train": 4, "n_val": 2, "eval_every": 2}, model="smollm2-135m",
     )
     steerer.fit(model, tok, train, val, progress=False)

@@ -15,10 +15,11 @@ import yaml
 from innerpissa import steerers
 from innerpissa.concepts.fit_data import PAIRS_FILE, fit_pairs, pairs_sha256, seen_pairs
 from innerpissa.experiments import run as run_mod
-from innerpissa.experiments.ablations import PRESETS, apply_preset
+from innerpissa.experiments.ablations import ABLATION_RECIPE, PRESETS, apply_preset
 from innerpissa.experiments.run import RunConfig
 from innerpissa.experiments.sweep import expand, load_spec, run_inprocess
 from innerpissa.models import decoder_layers
+from innerpissa.recipes import DEFAULT_RECIPE
 from innerpissa.steerers.base import TensorSteerer, forward_hooks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_expand_counts_and_stable_hashes(tmp_path: Path) -> None:
     assert c.content_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
     # and is independent of key order inside params
     p = c.params
-    shuffled = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(p.items()))}
+    shuffled = {k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in reversed(list(p.items()))}
     assert RunConfig(**{**c.model_dump(), "params": shuffled}).content_hash() == c.content_hash()
     # every combination present exactly once
     combos = {(c.params["adapter"]["r"], c.params["loss"]["tau"], c.params["train"]["lr"], c.preset, c.seed) for c in cfgs}
@@ -89,37 +90,42 @@ def test_expand_deterministic_methods_keep_one_seed_and_dedupe(tmp_path: Path) -
     assert rnd.fit_hash() != rnd.model_copy(update={"seed": 7}).fit_hash()
     assert rnd.model_copy(update={"seed": 7}).steerer_params() == {"seed": 7}
     ip = RunConfig(method="innerpissa", seed=2, params={"train": {"lr": 0.01}})
-    assert ip.steerer_params() == {"train": {"lr": 0.01, "seed": 2}}
+    assert ip.steerer_params() == {"train": {"lr": 0.01, "seed": 2}, "recipe": DEFAULT_RECIPE}  # always explicit
 
 
 def test_presets_are_config_deltas() -> None:
-    base = RunConfig(model="tiny-llama", params={"train": {"steps": 5}})
+    base = RunConfig(model="tiny-llama", params={"recipe": "reprpo-v0", "train": {"steps": 5}})
     assert apply_preset(base, "full").params == base.params
     d = apply_preset(base, "depth_0.5")
-    assert d.params == {"train": {"steps": 5}, "adapter": {"layer_range": [0.3, 0.5]}, "loss": {"loss_layer_frac": 0.5}}
+    assert d.params == {"recipe": "reprpo-v0", "train": {"steps": 5}, "adapter": {"layer_range": [0.3, 0.5]},
+                        "loss": {"loss_layer_frac": 0.5}}
     assert (PRESETS["depth_0.5"].group, PRESETS["depth_0.5"].value) == ("depth", 0.5)
-    nosvd = apply_preset(base, "no_svd")
-    assert (nosvd.method, nosvd.preset, nosvd.params) == ("lora", "no_svd", base.params)
+    nosvd = apply_preset(base, "no_svd")  # LoRA, trained with the recipe's loss and train settings
+    assert (nosvd.method, nosvd.preset, nosvd.params) == ("lora", "no_svd", {"train": {"steps": 5}})
+    anti = apply_preset(RunConfig(params={"recipe": "antipasto", "train": {"lr": 0.01}}), "no_svd").params
+    assert anti["loss"]["sep_kind"] == "antiparallel" and list(anti["layer_range"]) == [0.1, 0.45]
+    assert anti["train"]["lr"] == 0.01 and anti["train"]["grad_clip"] == 1.0 and "recipe" not in anti
     # every preset's delta names real config fields (validated by RunConfig)
     for name in PRESETS:
         apply_preset(base, name)
     assert len({apply_preset(base, n).content_hash() for n in PRESETS}) == len(PRESETS)
 
 
-def test_every_preset_changes_the_resolved_default_config() -> None:
-    """Guards against presets that silently become no-ops when a default in innerpissa.config changes."""
-    from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
+def test_every_preset_changes_the_resolved_ablation_config() -> None:
+    """Guards against presets that silently become no-ops when a default in innerpissa.config or the recipe they
+    are written for (ABLATION_RECIPE, the one sweeps/ablations.yaml runs) changes."""
+    base = RunConfig(params={"recipe": ABLATION_RECIPE})
 
     def resolved(cfg: RunConfig) -> tuple:
-        p = cfg.params
-        return (cfg.method, AdapterConfig(**p.get("adapter", {})), LossConfig(**p.get("loss", {})),
-                TrainConfig(**p.get("train", {})))
+        return cfg.method, cfg.resolved_configs() if cfg.method == "innerpissa" else cfg.params
 
-    default = resolved(RunConfig())
-    assert resolved(apply_preset(RunConfig(), "full")) == default
+    default = resolved(base)
+    assert resolved(apply_preset(base, "full")) == default
     for name in PRESETS:
         if name != "full":
-            assert resolved(apply_preset(RunConfig(), name)) != default, name
+            assert resolved(apply_preset(base, name)) != default, name
+    spec = yaml.safe_load((REPO / "sweeps" / "ablations.yaml").read_text())
+    assert spec["params"]["recipe"] == ABLATION_RECIPE
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -328,7 +334,7 @@ def test_trained_params_are_checked_per_method() -> None:
     with pytest.raises(ValueError, match="unknown config path 'r' for method innerpissa"):
         RunConfig(method="innerpissa", params={"r": 4})
     # no_svd keeps loss, train, modules and layer range; drops the InnerPiSSA-only fields
-    ip = RunConfig(params={"adapter": {"r": 32, "rotate_v": False, "target_modules": ["o_proj"], "layer_range": [0.2, 0.6]},
+    ip = RunConfig(params={"recipe": "reprpo-v0", "adapter": {"r": 32, "rotate_v": False, "target_modules": ["o_proj"], "layer_range": [0.2, 0.6]},
                            "loss": {"tau": 0.3}, "train": {"steps": 7}})
     lo = apply_preset(ip, "no_svd")
     assert lo.params == {"loss": {"tau": 0.3}, "train": {"steps": 7}, "target_modules": ["o_proj"], "layer_range": [0.2, 0.6]}
@@ -346,6 +352,8 @@ def test_trained_methods_run_and_never_leak_into_the_next_run(tmp_path: Path, co
     assert not summary.failed and len(summary.done) == 3
     fits = [json.loads((tmp_path / "runs" / c.content_hash() / "config.json").read_text())["fit"] for c in (ip, lora, ip_other_rows)]
     assert [f["reused"] for f in fits] == [False, False, True] and fits[0]["fit_hash"] == fits[2]["fit_hash"]
+    for c in (ip, ip_other_rows):  # each run shows its fit's training curve, a reused fit's too
+        assert (tmp_path / "runs" / c.content_hash() / "loss_curve.png").stat().st_size > 1000
     model, _ = run_mod.load_cached("tiny-llama")
     assert not adapter_layers(model)  # the adapter-carrying model was evicted, the cached one is clean
     scores = {c.eval_limit: pd.read_parquet(tmp_path / "runs" / c.content_hash() / "scores.parquet") for c in (ip, ip_other_rows)}

@@ -1,4 +1,9 @@
-"""The seed's ablation plan as named presets: each one a documented delta from the default InnerPiSSA run.
+"""The seed's ablation plan as named presets: each one a documented delta from an InnerPiSSA run's recipe.
+
+The presets were written for the `reprpo-v0` objective (ABLATION_RECIPE: multiplicative S, coherence weight 3,
+adapters up to the loss layer), and sweeps/ablations.yaml runs them on it. On another recipe a preset applies to
+that recipe's config: `scale_add` is a no-op on antipasto (already additive), and the depth presets put adapters at
+the loss layer, which antipasto's `adapters_before_loss` refuses with a one-line error.
 
 A delta maps dotted paths into `RunConfig.params` ("adapter.rotate_v", "loss.coh_weight", "train.n_train") to
 values; the key "method" swaps the method (only `no_svd`, which trains LoRA with the same ReprPO loss). Presets
@@ -17,9 +22,11 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..recipes import DEFAULT_RECIPE, get_recipe
 from .run import RunConfig, check_trained_params
 
 DEPTH_WINDOW = 0.2
+ABLATION_RECIPE = "reprpo-v0"  # the recipe the presets are written against (their docs quote its defaults)
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,13 @@ def set_path(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 def _to_lora(params: dict[str, Any]) -> dict[str, Any]:
-    """InnerPiSSA params -> LoRA params: same loss/train, same target modules and layer range, no SVD fields."""
-    out = {k: v for k, v in params.items() if k != "adapter"}
-    adapter = params.get("adapter", {})
+    """InnerPiSSA params -> LoRA params: the recipe's loss/train with the run's overrides on top, the same target
+    modules and layer range, no SVD fields."""
+    recipe = get_recipe(params.get("recipe", DEFAULT_RECIPE))
+    adapter = {**recipe.adapter, **params.get("adapter", {})}
     if adapter.get("layers") is not None:
         raise ValueError("preset no_svd: LoRA takes adapter.layer_range, not explicit adapter.layers")
+    out = {sec: d for sec in ("loss", "train") if (d := {**getattr(recipe, sec), **params.get(sec, {})})}
     out.update({k: adapter[k] for k in ("target_modules", "layer_range") if k in adapter})
     return out
 

@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .run import stored_run
+
 KEY_COLUMNS = ["run_hash", "method", "seed", "preset", "model", "concept", "dataset"]
 
 
@@ -37,6 +39,7 @@ def _read_json(path: Path) -> Any:
 
 def _run_fields(run: dict, run_hash: str, env: dict | None = None) -> dict:
     """Identity columns and flattened config (`cfg.*` for the run spec, `env.*` for the rest of config.json)."""
+    run = stored_run(run)
     fields = {
         "run_hash": run_hash,
         "method": run.get("method"),

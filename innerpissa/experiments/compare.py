@@ -19,16 +19,17 @@ import pandas as pd
 
 from .. import steerers
 from ..io import atomic_write_json
-from ..recipes import DEFAULT_RECIPE, RECIPES
+from ..recipes import RECIPES
 from .ablations import set_path
 from .run import DETERMINISTIC, OUTPUT_LEVEL, TRAINED, RunConfig
 from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 
-# method names that are a method plus params: prompting's short variant, and InnerPiSSA under each non-default
-# recipe (`innerpissa:antipasto`, ...: Table 1's "InnerPiSSA per recipe" rows; plain `innerpissa` is the default)
+# method names that are a method plus params: prompting's short variant, and InnerPiSSA under each recipe
+# (`innerpissa:seed`, ...: Table 1's "InnerPiSSA per recipe" rows; plain `innerpissa` is the default recipe, and
+# `innerpissa:<default>` is the same run)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "prompt_short": ("prompt", {"variant": "short"}),
-    **{f"innerpissa:{r}": ("innerpissa", {"recipe": r}) for r in RECIPES if r != DEFAULT_RECIPE},
+    **{f"innerpissa:{r}": ("innerpissa", {"recipe": r}) for r in RECIPES},
 }
 QUICK = {"seeds": 1, "eval_limit": 24, "steps": 20, "n_pairs": 128, "datasets": "dd-honesty"}  # --quick defaults
 

@@ -115,6 +115,17 @@ class RunConfig(BaseModel):
             raise ValueError(f"coeffs {list(v)} must include 0 (the unsteered baseline for ΔNLL and flips)")
         return tuple(sorted(set(v)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_recipe(cls, data: Any) -> Any:
+        """An InnerPiSSA run always names its recipe, so a stored config keeps its meaning when the default
+        recipe changes (and `innerpissa` equals `innerpissa:<default>`, one hash)."""
+        if isinstance(data, dict) and data.get("method", "innerpissa") == "innerpissa":
+            params = dict(data.get("params") or {})
+            params.setdefault("recipe", DEFAULT_RECIPE)
+            data = {**data, "params": params}
+        return data
+
     @model_validator(mode="after")
     def _check_params(self) -> "RunConfig":
         if self.method in TRAINED:
@@ -146,7 +157,7 @@ class RunConfig(BaseModel):
         """The InnerPiSSA recipe this run fits with (its data overrides shape the pairs), None for other methods."""
         if self.method != "innerpissa":
             return None
-        return self.params.get("recipe") or DEFAULT_RECIPE
+        return self.params["recipe"]
 
     def steerer_params(self) -> dict[str, Any]:
         """Constructor kwargs for the steerer: `params` with the seed injected where the method uses one."""
@@ -334,9 +345,35 @@ def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizer
     return steerer, fit_info, calibration
 
 
+LEGACY_RECIPE = "reprpo-v0"  # InnerPiSSA runs stored before the recipe was always explicit all trained with it
+
+
+def stored_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A stored config.json `run` section with its InnerPiSSA recipe made explicit (legacy runs: LEGACY_RECIPE), so
+    it is never read as today's default."""
+    if run.get("method") == "innerpissa" and "recipe" not in (run.get("params") or {}):
+        return {**run, "params": {**(run.get("params") or {}), "recipe": LEGACY_RECIPE}}
+    return run
+
+
+def write_loss_curve(cfg: RunConfig, root: Path, out: Path) -> bool:
+    """OUT/loss_curve.png from the fit's train_log.csv (trained methods: the plateau, or its absence, per run);
+    False when the fit logged no curve."""
+    import pandas as pd
+
+    from .figures import loss_curve
+
+    log = Path(root) / "fits" / cfg.fit_hash() / "train_log.csv"
+    if not log.is_file():
+        return False
+    loss_curve(pd.read_csv(log).to_dict("records"), out / "loss_curve.png")
+    return True
+
+
 def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
     """Add to finished runs under ROOT what runs made before it lack: the hidden-state probe control (control.json
-    without `probe_score`) and, with `samples` > 0, steered generations (samples.json) for runs that saved none.
+    without `probe_score`), the fit's loss curve (loss_curve.png) and, with `samples` > 0, steered generations
+    (samples.json) for runs that saved none.
     Uses the cached fits and calibrations only (a run whose fit is gone is skipped, never refit); the unsteered
     probe basis is computed once per model and pair set. Returns the runs updated."""
     from ..eval.control import probe_control
@@ -346,21 +383,23 @@ def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
     runs = sorted(d for d in (Path(root) / "runs").glob("*") if (d / "DONE").is_file() and (d / "control.json").is_file())
     for d in tqdm(runs, desc="backfill", disable=not progress):
         control = json.loads((d / "control.json").read_text())
-        cfg = RunConfig(**json.loads((d / "config.json").read_text())["run"])
+        cfg = RunConfig(**stored_run(json.loads((d / "config.json").read_text())["run"]))
+        updated = not (d / "loss_curve.png").is_file() and write_loss_curve(cfg, root, d)
         need_probe, need_samples = "probe_score" not in control, samples > 0 and not (d / "samples.json").is_file()
-        if not (need_probe or need_samples) or not (Path(root) / "fits" / cfg.fit_hash() / "DONE").is_file():
-            continue
-        model, tok = load_cached(cfg.model)
-        train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
-        steerer, _, _ = run_steerer(cfg, model, tok, train, val, root)
-        if need_probe:
-            basis = probe_basis_cached(cfg.model, model, tok, train, val)
-            control.update(probe_control(model, tok, steerer, train, val, basis=basis, seed=cfg.seed),
-                           probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            atomic_write_json(d / "control.json", _clean(control))
-        if need_samples:
-            write_samples(cfg.model_copy(update={"samples": samples}), model, tok, steerer, eval_sets(cfg), d)
-        done.append(d)
+        if (need_probe or need_samples) and (Path(root) / "fits" / cfg.fit_hash() / "DONE").is_file():
+            model, tok = load_cached(cfg.model)
+            train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
+            steerer, _, _ = run_steerer(cfg, model, tok, train, val, root)
+            if need_probe:
+                basis = probe_basis_cached(cfg.model, model, tok, train, val)
+                control.update(probe_control(model, tok, steerer, train, val, basis=basis, seed=cfg.seed),
+                               probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                atomic_write_json(d / "control.json", _clean(control))
+            if need_samples:
+                write_samples(cfg.model_copy(update={"samples": samples}), model, tok, steerer, eval_sets(cfg), d)
+            updated = True
+        if updated:
+            done.append(d)
     return done
 
 
@@ -391,6 +430,7 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
                      precision=cfg.precision)
         if cfg.samples:
             write_samples(cfg, model, tok, steerer, sets, out)
+        write_loss_curve(cfg, root, out)
         eval_cfg = json.loads((out / "config.json").read_text())
         atomic_write_json(out / "config.json", {
             **eval_cfg, "run": cfg.model_dump(mode="json"), "run_hash": cfg.content_hash(), "fit": fit_info,

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from ..io import atomic_write_text
+from ..recipes import DEFAULT_RECIPE
 from .seedstats import LEVEL, drop, seed_aggregate
 
 METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", "lora", "dora", "pissa"]
@@ -69,7 +70,8 @@ def _select(collected: pd.DataFrame, dataset: str, presets: bool) -> pd.DataFram
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
     """Row label per run: the method name, plus the params that differ when a method has several configs (a run on
-    the method's defaults, params {}, keeps the plain name: it is the row other variants are read against)."""
+    the method's defaults, params {} or InnerPiSSA's default recipe alone, keeps the plain name: it is the row other
+    variants are read against)."""
     labels = pd.Series(runs["method"].astype(str), index=runs.index)
     for method, g in runs.groupby("method"):
         keys = sorted(g["params_key"].unique())
@@ -78,7 +80,7 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
         dicts = {k: json.loads(k) for k in keys}
         differ = sorted({p for d in dicts.values() for p in d if len({json.dumps(e.get(p)) for e in dicts.values()}) > 1})
         for k, d in dicts.items():
-            if d:
+            if d and d != {"recipe": DEFAULT_RECIPE}:
                 labels[g.index[g["params_key"] == k]] = f"{method} (" + ", ".join(f"{p}={d.get(p)}" for p in differ) + ")"
     return labels
 
