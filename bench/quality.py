@@ -32,9 +32,11 @@ from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 from innerpissa.experiments.tables import audit_correlations, powered_table, quality_rows, to_markdown  # noqa: E402
 from innerpissa.io import atomic_write_text  # noqa: E402
 
-# InnerPiSSA per recipe: the default (antipasto, the one recipe that passes the hidden-state positive control in the
-# budget bench), the objective this project shipped first (reprpo-v0) and the seed code's
-METHODS = "innerpissa,innerpissa:reprpo-v0,innerpissa:seed,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora"
+# InnerPiSSA (its default recipe, antipasto: the one recipe that passes the hidden-state positive control in the
+# budget bench) first: it is the paired reference; then the baselines, the output-level rivals, and InnerPiSSA under
+# the objective this project shipped first (reprpo-v0) and the seed code's recipe. This is the run order within a
+# phase; tables use their own row order.
+METHODS = "innerpissa,prompt,pca,mean_diff,sspace,lora,dora,pissa,bipo,dpo_lora,innerpissa:reprpo-v0,innerpissa:seed"
 # TruthfulQA: 400 of its 817 questions (both answer orders): the whole set is 60 % of a run's time, and 400 paired
 # questions x 3 seeds already resolve effects far below the dilemma set's
 DATASETS = "dd-honesty,truthfulqa-sample-400"
