@@ -119,3 +119,20 @@ def test_probe_control_of_an_added_vector_matches_the_hand_computation(tiny) -> 
     hand = 2 * v.double().numpy() @ w / (diffs(val) @ w).mean()
     assert r["probe_score_d0.5"] == pytest.approx(hand, rel=1e-4)
     assert r["probe_score_d0.25"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_controls_in_one_pass_equal_the_two_controls_run_apart(tiny) -> None:
+    """`controls` shares the steered forwards and takes the base log-probs from the basis; its numbers are those
+    of positive_control and probe_control computed independently."""
+    from innerpissa.eval.control import controls, probe_basis
+
+    model, tok = tiny
+    p = _pairs()
+    train, val = p.subset([0, 1, 2]), p.subset([3, 4, 5])
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    st = AddVector(v, layer=1)
+    both = controls(model, tok, st, train, val, probe_basis(model, tok, train, val), n_boot=200)
+    apart = {**positive_control(model, tok, st, val, n_boot=200), **probe_control(model, tok, st, train, val, n_boot=200)}
+    assert both.keys() == apart.keys()
+    for k, x in apart.items():
+        assert both[k] == pytest.approx(x, rel=1e-5, abs=1e-7, nan_ok=True), k

@@ -46,24 +46,36 @@ def neutral_messages(pairs: ContrastPairs, i: int) -> Messages:
     return [dict(m, content=pairs.neutral_prompts[i]) if m["content"] == pos else m for m in pairs.messages(i, True)]
 
 
+TokenLogprobs = list[tuple[list[int], np.ndarray]]  # per conversation: (suffix token ids, their log-probs)
+
+
 @torch.no_grad()
-def suffix_logprobs(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages],
-                    batch_size: int = 16, max_length: int = 256) -> list[tuple[list[int], np.ndarray]]:
-    """Per conversation: (suffix token ids, their log-probs [n]) under `model` as it is now (steered or not)."""
-    out: list[tuple[list[int], np.ndarray]] = []
+def suffix_states(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages],
+                  layers: list[int] | tuple[int, ...] = (), batch_size: int = 16, max_length: int = 256,
+                  ) -> tuple[TokenLogprobs, dict[int, np.ndarray]]:
+    """From one forward per batch under `model` as it is now (steered or not): per conversation the suffix token
+    ids and their log-probs, and the mean output of each decoder layer in `layers` (0-based) over the suffix
+    (assistant) tokens, {layer: [n, d]} in float64. Layers are read by hooks registered after any steering hooks,
+    so an activation addition on a layer's output is seen there."""
+    blocks = decoder_layers(model)
     device = next(model.parameters()).device
+    lps: TokenLogprobs = []
+    hidden: dict[int, list[np.ndarray]] = {li: [] for li in layers}
     for s in range(0, len(convs), batch_size):
         b = encode(tok, convs[s: s + batch_size], max_length).to(device)
         k = int(b.completion_mask.sum(1).max()) + 1
-        logits = model(**b.model_inputs(), logits_to_keep=k).logits.float()
+        with capture({li: blocks[li] for li in layers}, b.input_ids.shape[1]) as store:
+            logits = model(**b.model_inputs(), logits_to_keep=k).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1)  # position j predicts token j + 1 of the last k
         ids = b.input_ids[:, -(k - 1):]
         tok_lp = lp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         mask = b.completion_mask[:, -(k - 1):]
         for r in range(len(b)):
-            m = mask[r]
-            out.append((ids[r][m].tolist(), tok_lp[r][m].double().cpu().numpy()))
-    return out
+            lps.append((ids[r][mask[r]].tolist(), tok_lp[r][mask[r]].double().cpu().numpy()))
+        m = b.completion_mask.unsqueeze(-1).to(torch.float64)
+        for li in layers:
+            hidden[li].append(((store[li].double() * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy())
+    return lps, {li: np.concatenate(v) for li, v in hidden.items()}
 
 
 def _steered(model: PreTrainedModel, steerer: Steerer, c: float) -> contextlib.AbstractContextManager:
@@ -83,11 +95,28 @@ def positive_control(
     n = len(pairs)
     neutral = [neutral_messages(pairs, i) for i in range(n)]
     persona = [pairs.messages(i, True) for i in range(n)] + [pairs.messages(i, False) for i in range(n)]
-    base = suffix_logprobs(model, tok, persona + neutral, batch_size)
-    steered = {}
+    base, _ = suffix_states(model, tok, persona + neutral, batch_size=batch_size)
+    steered = {c: lp for c, (lp, _) in _steered_states(model, tok, steerer, pairs, c_pos, c_neg, [], batch_size).items()}
+    return _token_scores(base, steered, c_pos, c_neg, n_boot, seed)
+
+
+def _steered_states(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, pairs: ContrastPairs,
+                    c_pos: float, c_neg: float, layers: list[int], batch_size: int,
+                    ) -> dict[float, tuple[TokenLogprobs, dict[int, np.ndarray]]]:
+    """`suffix_states` of each pair's neutral conversation steered at +c_pos and at −c_neg."""
+    neutral = [neutral_messages(pairs, i) for i in range(len(pairs))]
+    out = {}
     for c in (c_pos, -c_neg):
         with _steered(model, steerer, c):
-            steered[c] = suffix_logprobs(model, tok, [steerer.messages(m, c) for m in neutral], batch_size)
+            out[c] = suffix_states(model, tok, [steerer.messages(m, c) for m in neutral], layers, batch_size)
+    return out
+
+
+def _token_scores(base: TokenLogprobs, steered: dict[float, TokenLogprobs], c_pos: float, c_neg: float,
+                  n_boot: int, seed: int) -> dict[str, Any]:
+    """positive_control's statistics from the base log-probs (positive, negative, neutral conversations, n each)
+    and the steered neutral ones."""
+    n = len(base) // 3
     gs, ds, dps, dns, groups = [], [], [], [], []
     misaligned = 0
     for i in range(n):
@@ -151,51 +180,36 @@ def null_band(null_scores: list[float], level: float = 0.95) -> dict[str, float]
 PROBE_DEPTHS = (0.25, 0.5, 0.75, 1.0)  # output of the layer this far up the stack; 1.0 = the last, before the final norm
 
 
-@torch.no_grad()
-def suffix_hidden(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages], layers: list[int],
-                  batch_size: int = 16, max_length: int = 256) -> dict[int, np.ndarray]:
-    """Per conversation, the mean residual-stream output of each decoder layer in `layers` (0-based) over its
-    suffix (assistant) tokens: {layer: [n, d]} in float64. Read by hooks on the layers, registered after any
-    steering hooks, so an activation addition on a layer's output is seen there."""
-    blocks = decoder_layers(model)
-    device = next(model.parameters()).device
-    out: dict[int, list[np.ndarray]] = {li: [] for li in layers}
-    for s in range(0, len(convs), batch_size):
-        b = encode(tok, convs[s: s + batch_size], max_length).to(device)
-        with capture({li: blocks[li] for li in layers}, b.input_ids.shape[1]) as store:
-            model(**b.model_inputs(), logits_to_keep=1)
-        m = b.completion_mask.unsqueeze(-1).to(torch.float64)
-        for li in layers:
-            out[li].append(((store[li].double() * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy())
-    return {li: np.concatenate(v) for li, v in out.items()}
-
-
 @dataclass(frozen=True)
 class ProbeBasis:
-    """The unsteered half of the probe control, reusable across steerers fit on the same pairs: per depth the
-    decoder layer, the unit probe direction w (training pairs) and each held-out pair's persona gap along it."""
+    """The unsteered half of both controls, reusable across steerers fit on the same pairs: per depth the decoder
+    layer, the unit probe direction w (training pairs) and each held-out pair's persona gap along it; and the base
+    log-probs of the held-out pairs' positive, negative and neutral conversations (the token control's g)."""
 
     depths: tuple[float, ...]
     layers: tuple[int, ...]
     w: dict[int, np.ndarray]
     gap: dict[int, np.ndarray]
     n_train: int
+    base_logprobs: TokenLogprobs
 
 
 def probe_basis(model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs, val: ContrastPairs,
                 depths: tuple[float, ...] = PROBE_DEPTHS, batch_size: int = 16) -> ProbeBasis:
-    """Difference-in-means probe per depth on the base model's suffix-mean states, and the held-out gaps."""
+    """Difference-in-means probe per depth on the base model's suffix-mean states, the held-out gaps, and the
+    held-out base log-probs (one forward per held-out conversation serves both)."""
     depths = tuple(sorted(depths))
     layers = tuple(max(0, round(d * model.config.num_hidden_layers) - 1) for d in depths)
     uniq = sorted(set(layers))
     n, m = len(train), len(val)
-    tr = suffix_hidden(model, tok, [train.messages(i, True) for i in range(n)]
-                       + [train.messages(i, False) for i in range(n)], uniq, batch_size)
-    va = suffix_hidden(model, tok, [val.messages(i, True) for i in range(m)]
-                       + [val.messages(i, False) for i in range(m)], uniq, batch_size)
+    _, tr = suffix_states(model, tok, [train.messages(i, True) for i in range(n)]
+                          + [train.messages(i, False) for i in range(n)], uniq, batch_size)
+    lp, va = suffix_states(model, tok, [val.messages(i, True) for i in range(m)]
+                           + [val.messages(i, False) for i in range(m)], uniq, batch_size)
+    lp_neutral, _ = suffix_states(model, tok, [neutral_messages(val, i) for i in range(m)], batch_size=batch_size)
     w = {li: (tr[li][:n] - tr[li][n:]).mean(0) for li in uniq}
     w = {li: v / (np.linalg.norm(v) or 1.0) for li, v in w.items()}
-    return ProbeBasis(depths, layers, w, {li: (va[li][:m] - va[li][m:]) @ w[li] for li in uniq}, n)
+    return ProbeBasis(depths, layers, w, {li: (va[li][:m] - va[li][m:]) @ w[li] for li in uniq}, n, lp + lp_neutral)
 
 
 def probe_control(
@@ -209,14 +223,29 @@ def probe_control(
     `probe_score_d<depth>` per depth. The headline depth (the last layer) is fixed in advance, not picked.
     `basis` (from `probe_basis` on the same model and pairs) skips the unsteered forwards."""
     basis = basis or probe_basis(model, tok, train, val, batch_size=batch_size)
-    uniq = sorted(set(basis.layers))
-    neutral = [neutral_messages(val, i) for i in range(len(val))]
-    moved = {}
-    for c in (c_pos, -c_neg):
-        with _steered(model, steerer, c):
-            moved[c] = suffix_hidden(model, tok, [steerer.messages(x, c) for x in neutral], uniq, batch_size)
-    idx = np.random.default_rng(seed).integers(0, len(val), size=(n_boot, len(val)))
-    out: dict[str, Any] = {"probe_layers": list(basis.layers), "probe_n_train": basis.n_train, "probe_n_val": len(val)}
+    moved = {c: h for c, (_, h) in _steered_states(model, tok, steerer, val, c_pos, c_neg, sorted(set(basis.layers)),
+                                                     batch_size).items()}
+    return _probe_scores(basis, moved, c_pos, c_neg, n_boot, seed)
+
+
+def controls(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, train: ContrastPairs,
+    val: ContrastPairs, basis: ProbeBasis, c_pos: float = 1.0, c_neg: float = 1.0, batch_size: int = 16,
+    n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """Both controls, {**positive_control(val), **probe_control}, from one steered forward per held-out pair and
+    sign; the unsteered forwards come from `basis`."""
+    st = _steered_states(model, tok, steerer, val, c_pos, c_neg, sorted(set(basis.layers)), batch_size)
+    return {**_token_scores(basis.base_logprobs, {c: lp for c, (lp, _) in st.items()}, c_pos, c_neg, n_boot, seed),
+            **_probe_scores(basis, {c: h for c, (_, h) in st.items()}, c_pos, c_neg, n_boot, seed)}
+
+
+def _probe_scores(basis: ProbeBasis, moved: dict[float, dict[int, np.ndarray]], c_pos: float, c_neg: float,
+                  n_boot: int, seed: int) -> dict[str, Any]:
+    """probe_control's statistics from the basis and the steered suffix-mean states."""
+    n_val = len(next(iter(basis.gap.values())))
+    idx = np.random.default_rng(seed).integers(0, n_val, size=(n_boot, n_val))
+    out: dict[str, Any] = {"probe_layers": list(basis.layers), "probe_n_train": basis.n_train, "probe_n_val": n_val}
     for d, li in zip(basis.depths, basis.layers):
         gap, move = basis.gap[li], (moved[c_pos][li] - moved[-c_neg][li]) @ basis.w[li]
         out[f"probe_score_d{d:g}"] = float(move.mean() / gap.mean()) if gap.mean() != 0 else np.nan

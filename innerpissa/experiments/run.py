@@ -324,14 +324,12 @@ def probe_basis_cached(spec: str, model: PreTrainedModel, tok: PreTrainedTokeniz
 def write_control(spec: str, model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer,
                   train: ContrastPairs, val: ContrastPairs, seed: int, out: Path) -> None:
     """Both positive controls (`eval.control`: token log-probs and the hidden-state probe) on the held-out
-    validation pairs at c = ±1 (run units) -> control.json."""
-    from ..eval.control import positive_control, probe_control
+    validation pairs at c = ±1 (run units) -> control.json; the unsteered forwards are shared per pair set."""
+    from ..eval.control import controls
     from .evaluate import _clean
 
     basis = probe_basis_cached(spec, model, tok, train, val)
-    atomic_write_json(out / "control.json", _clean({**positive_control(model, tok, steerer, val, seed=seed),
-                                                    **probe_control(model, tok, steerer, train, val, basis=basis,
-                                                                    seed=seed)}))
+    atomic_write_json(out / "control.json", _clean(controls(model, tok, steerer, train, val, basis, seed=seed)))
 
 
 def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
