@@ -52,26 +52,28 @@ TokenLogprobs = list[tuple[list[int], np.ndarray]]  # per conversation: (suffix 
 @torch.no_grad()
 def suffix_states(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages],
                   layers: list[int] | tuple[int, ...] = (), batch_size: int = 16, max_length: int = 256,
-                  ) -> tuple[TokenLogprobs, dict[int, np.ndarray]]:
+                  logprobs: bool = True) -> tuple[TokenLogprobs, dict[int, np.ndarray]]:
     """From one forward per batch under `model` as it is now (steered or not): per conversation the suffix token
     ids and their log-probs, and the mean output of each decoder layer in `layers` (0-based) over the suffix
     (assistant) tokens, {layer: [n, d]} in float64. Layers are read by hooks registered after any steering hooks,
-    so an activation addition on a layer's output is seen there."""
+    so an activation addition on a layer's output is seen there. `logprobs=False` skips the vocabulary
+    projection of the suffix (the log-prob list is then empty)."""
     blocks = decoder_layers(model)
     device = next(model.parameters()).device
     lps: TokenLogprobs = []
     hidden: dict[int, list[np.ndarray]] = {li: [] for li in layers}
     for s in range(0, len(convs), batch_size):
         b = encode(tok, convs[s: s + batch_size], max_length).to(device)
-        k = int(b.completion_mask.sum(1).max()) + 1
+        k = int(b.completion_mask.sum(1).max()) + 1 if logprobs else 1
         with capture({li: blocks[li] for li in layers}, b.input_ids.shape[1]) as store:
             logits = model(**b.model_inputs(), logits_to_keep=k).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1)  # position j predicts token j + 1 of the last k
-        ids = b.input_ids[:, -(k - 1):]
-        tok_lp = lp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        mask = b.completion_mask[:, -(k - 1):]
-        for r in range(len(b)):
-            lps.append((ids[r][mask[r]].tolist(), tok_lp[r][mask[r]].double().cpu().numpy()))
+        if logprobs:
+            lp = torch.log_softmax(logits[:, :-1], -1)  # position j predicts token j + 1 of the last k
+            ids = b.input_ids[:, -(k - 1):]
+            tok_lp = lp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            mask = b.completion_mask[:, -(k - 1):]
+            for r in range(len(b)):
+                lps.append((ids[r][mask[r]].tolist(), tok_lp[r][mask[r]].double().cpu().numpy()))
         m = b.completion_mask.unsqueeze(-1).to(torch.float64)
         for li in layers:
             hidden[li].append(((store[li].double() * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy())
@@ -101,14 +103,15 @@ def positive_control(
 
 
 def _steered_states(model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer, pairs: ContrastPairs,
-                    c_pos: float, c_neg: float, layers: list[int], batch_size: int,
+                    c_pos: float, c_neg: float, layers: list[int], batch_size: int, logprobs: bool = True,
                     ) -> dict[float, tuple[TokenLogprobs, dict[int, np.ndarray]]]:
     """`suffix_states` of each pair's neutral conversation steered at +c_pos and at −c_neg."""
     neutral = [neutral_messages(pairs, i) for i in range(len(pairs))]
     out = {}
     for c in (c_pos, -c_neg):
         with _steered(model, steerer, c):
-            out[c] = suffix_states(model, tok, [steerer.messages(m, c) for m in neutral], layers, batch_size)
+            out[c] = suffix_states(model, tok, [steerer.messages(m, c) for m in neutral], layers, batch_size,
+                                   logprobs=logprobs)
     return out
 
 
@@ -203,7 +206,7 @@ def probe_basis(model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: Con
     uniq = sorted(set(layers))
     n, m = len(train), len(val)
     _, tr = suffix_states(model, tok, [train.messages(i, True) for i in range(n)]
-                          + [train.messages(i, False) for i in range(n)], uniq, batch_size)
+                          + [train.messages(i, False) for i in range(n)], uniq, batch_size, logprobs=False)
     lp, va = suffix_states(model, tok, [val.messages(i, True) for i in range(m)]
                            + [val.messages(i, False) for i in range(m)], uniq, batch_size)
     lp_neutral, _ = suffix_states(model, tok, [neutral_messages(val, i) for i in range(m)], batch_size=batch_size)
@@ -224,7 +227,7 @@ def probe_control(
     `basis` (from `probe_basis` on the same model and pairs) skips the unsteered forwards."""
     basis = basis or probe_basis(model, tok, train, val, batch_size=batch_size)
     moved = {c: h for c, (_, h) in _steered_states(model, tok, steerer, val, c_pos, c_neg, sorted(set(basis.layers)),
-                                                     batch_size).items()}
+                                                     batch_size, logprobs=False).items()}
     return _probe_scores(basis, moved, c_pos, c_neg, n_boot, seed)
 
 
