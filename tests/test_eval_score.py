@@ -13,7 +13,8 @@ from transformers import PreTrainedTokenizerFast
 from _eval_steerers import AddVector, Identity, SystemPrompt
 from innerpissa.batching import chat_text, encode
 from innerpissa.eval.datasets import EvalSet, from_generic, limit_rows, load_dataset
-from innerpissa.eval.score import NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, nll_offsets, prompt_nll, score
+from innerpissa.eval.score import (NLL_STRIDE, SCORE_COLUMNS, answer_token_ids, describe, make_prefix_batches, nll_offsets,
+                                   prompt_nll, score)
 from innerpissa.testing import tiny_model, tiny_tokenizer
 
 
@@ -75,6 +76,41 @@ def test_batched_scores_match_unbatched_reference(tiny, evalset, stride) -> None
         assert out.logratio == pytest.approx(lr, abs=1e-4) and out.pmass == pytest.approx(pm, rel=1e-4)
         assert out.nll == pytest.approx(nll, abs=1e-4)
 
+
+
+def test_prefix_batches_hold_each_row_once_split_at_its_shared_prefix(tiny, evalset) -> None:
+    """Cache prefix + the row's own tokens = the row's tokens; the two sides of a dilemma share most of theirs."""
+    _, tok = tiny
+    convs = list(evalset.rows["messages"])
+    batches, lengths = make_prefix_batches(tok, convs, evalset.rows["dilemma_id"], 3, None)
+    assert sorted(np.concatenate([idx for idx, _ in batches]).tolist()) == list(range(len(convs)))
+    shared = []
+    for idx, pb in batches:
+        for j, r in enumerate(idx):
+            ids = tok(chat_text(tok, convs[r])[0], add_special_tokens=False)["input_ids"]
+            g = int(pb.group[j])
+            pre = pb.prefix.input_ids[g][pb.prefix.attention_mask[g].bool()].tolist()
+            own = pb.suffix_ids[j][pb.suffix_mask[j].bool()].tolist()
+            assert pre + own == ids and len(pre) == pb.q[j] - 1 and len(own) >= 2 and lengths[r] == len(ids)
+            shared.append(pb.q[j] / len(ids))
+    assert max(shared) > 0.5  # dilemma sides: one prompt but the action line
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_shared_prefix_scores_equal_whole_row_scores(tiny, evalset, stride) -> None:
+    """Running a dilemma's common prefix once (KV cache) changes no score: steered by a hook, by the prompt, and
+    under left-truncation that breaks the common prefix (those rows run alone)."""
+    model, tok = tiny
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    for steerer, coeffs, max_length in ((AddVector(v), [-1.0, 1.0], 512), (SystemPrompt(), [1.0], 512), (Identity(), [0.0], 40)):
+        got = [score(model, tok, steerer, evalset, coeffs, batch_size=3, max_length=max_length, pmass_min=0.0,
+                     progress=False, nll_stride=stride, share_prefix=share) for share in (True, False)]
+        np.testing.assert_array_equal(got[0]["row_id"].to_numpy(), got[1]["row_id"].to_numpy())
+        np.testing.assert_array_equal(got[0]["truncated"].to_numpy(), got[1]["truncated"].to_numpy())
+        for col in ("logratio", "nll"):
+            np.testing.assert_allclose(got[0][col].to_numpy(), got[1][col].to_numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[0]["pmass"].to_numpy(), got[1]["pmass"].to_numpy(), rtol=1e-4)
+    assert got[0]["truncated"].any()
 
 def test_prompt_nll_of_left_padded_batch_is_the_hand_subsample_mean(tiny, evalset) -> None:
     """prompt_nll at stride s = mean CE over every s-th target counted from the end of each unpadded row; s = 1 is

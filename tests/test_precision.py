@@ -155,3 +155,32 @@ def test_cli_rejects_unknown_precision(run_cli, tmp_path, cmd) -> None:
     code, out, err = run_cli(*cmd, "--precision", "fp16", *(["--out", str(tmp_path / "o")] if cmd[0] in ("train", "compare") else []))
     assert code == 2 and err.startswith("error:") and "precision" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_cpu_bf16_autocast_runs_attention_in_fp32_and_restores_it(model, monkeypatch) -> None:
+    """Under bf16 on CPU the matmuls are bf16 but SDPA sees fp32 q/k/v (its bf16 CPU backward is slow); the
+    override is gone on exit, and in fp32 it changes nothing."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    m, tok = model
+    seen: list[tuple[torch.dtype, bool]] = []  # (q dtype, autocast on): autocast would cast q/k/v to bf16
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **kw: (seen.append((q.dtype, torch.is_autocast_enabled("cpu"))), real(q, *a, **kw))[1])
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    before = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with torch.no_grad():
+        ref = m(input_ids=ids).logits
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(input_ids=ids)
+        plain = set(seen)
+        seen.clear()
+        with P.autocast("bf16", "cpu"):
+            m(input_ids=ids)
+        inside = set(seen)
+        with P.fp32_attention():
+            same = m(input_ids=ids).logits
+    assert plain == {(torch.float32, True)} and inside == {(torch.float32, False)}
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before
+    torch.testing.assert_close(same, ref, rtol=0, atol=0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,17 @@ def _logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def _answer_logprobs(model: PreTrainedModel, last: torch.Tensor, pos_ids: list[torch.Tensor],
+                     neg_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(any pos variant), log P(any neg variant) per row from the final hidden state at the last position."""
+    with torch.autocast(last.device.type, enabled=False):  # fp32 answer logits whatever the precision
+        head = model.get_output_embeddings()
+        logp = _logits(model, last.to(head.weight.dtype)).log_softmax(-1)
+    lp_pos = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(pos_ids)])
+    lp_neg = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(neg_ids)])
+    return lp_pos, lp_neg
+
+
 @torch.no_grad()
 def forward_scores(
     model: PreTrainedModel, batch: Batch, pos_ids: list[torch.Tensor], neg_ids: list[torch.Tensor],
@@ -90,12 +102,7 @@ def forward_scores(
     """log p(pos), log p(neg) at the last position and the mean prompt NLL per row, from one forward."""
     b = batch.to(model.device)
     out = model(**b.model_inputs(), logits_to_keep=1, output_hidden_states=True)
-    last = out.hidden_states[-1][:, -1]
-    with torch.autocast(last.device.type, enabled=False):  # fp32 answer logits whatever the precision
-        head = model.get_output_embeddings()
-        logp = _logits(model, last.to(head.weight.dtype)).log_softmax(-1)
-    lp_pos = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(pos_ids)])
-    lp_neg = torch.stack([logp[i, ids.to(logp.device)].logsumexp(-1) for i, ids in enumerate(neg_ids)])
+    lp_pos, lp_neg = _answer_logprobs(model, out.hidden_states[-1][:, -1], pos_ids, neg_ids)
     nll = prompt_nll(model, out.hidden_states[-1], b, nll_stride, nll_offsets)
     return {"lp_pos": lp_pos.cpu(), "lp_neg": lp_neg.cpu(), "nll": nll.cpu()}
 
@@ -112,11 +119,140 @@ def prompt_nll(model: PreTrainedModel, final_hidden: torch.Tensor, batch: Batch,
     valid &= ((from_end[None, :] - shift.to(valid.device)[:, None]) % stride == 0)
     rows = valid.nonzero()[:, 0]
     h, targets = hidden[valid], batch.input_ids[:, 1:][valid]
-    nll_sum = torch.zeros(len(batch), device=h.device)
-    for s in range(0, len(h), NLL_CHUNK):
-        ce = F.cross_entropy(_logits(model, h[s:s + NLL_CHUNK]), targets[s:s + NLL_CHUNK], reduction="none")
-        nll_sum.index_add_(0, rows[s:s + NLL_CHUNK], ce)
+    nll_sum = torch.zeros(len(batch), device=h.device).index_add_(0, rows, token_nll(model, h, targets))
     return nll_sum / valid.sum(1).clamp(min=1)
+
+
+@dataclass
+class PrefixBatch:
+    """Rows grouped by a shared token prefix (the sides of one dilemma), for `shared_forward_scores`.
+
+    Group g's cache holds its first q_g - 1 shared tokens (`prefix`, left-padded [G, P]); row r then runs its
+    own tokens from the last shared one on (`suffix_*`, left-padded [R, S]), so every row keeps at least two
+    tokens of its own: the last one for the answer logits, and the prompt NLL never needs the cache's logits."""
+
+    prefix: Batch
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+    suffix_pos: torch.Tensor
+    group: torch.Tensor  # [R] each row's group
+    ids: list[list[int]]  # each row's whole (truncated) token ids: the NLL targets
+    q: list[int]  # each row's shared length q_g
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def _shared_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the common token prefix, capped so every row keeps two tokens of its own."""
+    cap = min(len(s) for s in seqs) - 1
+    q = 0
+    while q < cap and all(s[q] == seqs[0][q] for s in seqs):
+        q += 1
+    return q
+
+
+def make_prefix_batches(
+    tok: PreTrainedTokenizerBase, conversations: Sequence[Messages], groups: Sequence[Any], batch_size: int,
+    max_length: int | None,
+) -> tuple[list[tuple[np.ndarray, PrefixBatch]], np.ndarray]:
+    """Like `make_batches`, but rows with the same `groups` key that share a token prefix run it once: batches of
+    whole groups (about `batch_size` rows, shortest first), and each prompt's untruncated length."""
+    full = [tok(chat_text(tok, m)[0], add_special_tokens=False)["input_ids"] for m in conversations]
+    lengths = np.array([len(s) for s in full])
+    ids = [s[-max_length:] if max_length is not None and len(s) > max_length else s for s in full]
+    if min(len(s) for s in ids) < 3:
+        raise ValueError("a prompt has fewer than 3 tokens: raise max_length or give the model a real prompt")
+    units: list[tuple[list[int], int]] = []  # (rows, q) per prefix group; a group with < 2 shared tokens splits up
+    for rows in pd.Series(range(len(ids))).groupby(pd.Series(list(groups)), sort=False).groups.values():
+        rows = [int(r) for r in rows]
+        q = _shared_length([ids[r] for r in rows])
+        units += [(rows, q)] if q >= 2 else [([r], len(ids[r]) - 1) for r in rows]
+    units.sort(key=lambda u: max(len(ids[r]) for r in u[0]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    batches, chunk = [], []
+    for i, unit in enumerate(units):
+        chunk.append(unit)
+        if sum(len(u[0]) for u in chunk) >= batch_size or i == len(units) - 1:
+            rows = [r for u in chunk for r in u[0]]
+            group = [g for g, u in enumerate(chunk) for _ in u[0]]
+            q = [u[1] for u in chunk for _ in u[0]]
+            p_ids, p_mask = _left_pad([ids[u[0][0]][: u[1] - 1] for u in chunk], pad)
+            s_ids, s_mask = _left_pad([ids[r][qr - 1:] for r, qr in zip(rows, q)], pad)
+            s_pos = (torch.tensor(q)[:, None] - 1 + s_mask.cumsum(-1) - 1).clamp(min=0)
+            prefix = Batch(p_ids, p_mask, (p_mask.cumsum(-1) - 1).clamp(min=0), torch.zeros_like(p_mask, dtype=torch.bool))
+            batches.append((np.array(rows), PrefixBatch(prefix, s_ids, s_mask, s_pos, torch.tensor(group),
+                                                        [ids[r] for r in rows], q)))
+            chunk = []
+    return batches, lengths
+
+
+def token_nll(model: PreTrainedModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token NLL of each final hidden state [N, d] against its target [N]; LM head in chunks of NLL_CHUNK."""
+    return torch.cat([F.cross_entropy(_logits(model, hidden[s:s + NLL_CHUNK]), targets[s:s + NLL_CHUNK], reduction="none")
+                      for s in range(0, len(hidden), NLL_CHUNK)]) if len(hidden) else hidden.new_zeros(0)
+
+
+@torch.no_grad()
+def shared_forward_scores(
+    model: PreTrainedModel, pb: PrefixBatch, pos_ids: list[torch.Tensor], neg_ids: list[torch.Tensor],
+    nll_stride: int = NLL_STRIDE, nll_offsets: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """`forward_scores` for a PrefixBatch: one forward of the group prefixes (kept as a KV cache), one of the rows'
+    own tokens on it. Causal attention makes this exact up to float rounding; the NLL uses the same target tokens."""
+    dev = model.device
+    p = pb.prefix.to(dev)
+    out = model(**p.model_inputs(), use_cache=True, logits_to_keep=1, output_hidden_states=True)
+    cache = out.cache
+    group = pb.group.to(dev)
+    cache.batch_select_indices(group)  # one copy of its group's prefix cache per row
+    s_out = model(input_ids=pb.suffix_ids.to(dev), attention_mask=torch.cat([p.attention_mask[group], pb.suffix_mask.to(dev)], 1),
+                  position_ids=pb.suffix_pos.to(dev), cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=True)
+    suffix_h, prefix_h = s_out.hidden_states[-1], out.hidden_states[-1]
+    lp_pos, lp_neg = _answer_logprobs(model, suffix_h[:, -1], pos_ids, neg_ids)
+    # every `nll_stride`-th target counted back from each row's last one (as `prompt_nll`); a target inside the
+    # shared prefix is scored once per group, from the prefix forward
+    offs = np.zeros(len(pb), dtype=np.int64) if nll_offsets is None else nll_offsets.numpy()
+    P, S = prefix_h.shape[1], suffix_h.shape[1]
+    shared: dict[tuple[int, int], int] = {}  # (group, t) -> entry
+    src, tgt, entry_rows, entry_of = [], [], [], []  # hidden (tensor, row, col), target, and per-row entries
+    for r, (ids, q) in enumerate(zip(pb.ids, pb.q)):
+        g, L = int(pb.group[r]), len(ids)
+        for t in range(L - 2, -1, -1):
+            if (L - 2 - t - offs[r]) % nll_stride:
+                continue
+            if t <= q - 2:  # position t of the shared prefix (cache holds tokens 0 .. q-2)
+                key = (g, t)
+                if key not in shared:
+                    shared[key] = len(src)
+                    src.append((0, g, P - (q - 1) + t))
+                    tgt.append(ids[t + 1])
+                entry_of.append(shared[key])
+            else:  # the row's own tokens start at position q - 1
+                entry_of.append(len(src))
+                src.append((1, r, S - (L - q + 1) + (t - q + 1)))
+                tgt.append(ids[t + 1])
+            entry_rows.append(r)
+    sel = np.array(src, dtype=np.int64).reshape(-1, 3)
+    h = torch.empty((len(sel), prefix_h.shape[-1]), dtype=prefix_h.dtype, device=dev)
+    for which, hid in ((0, prefix_h), (1, suffix_h)):
+        m = torch.from_numpy(sel[:, 0] == which)
+        h[m.to(dev)] = hid[torch.from_numpy(sel[m.numpy(), 1]).to(dev), torch.from_numpy(sel[m.numpy(), 2]).to(dev)]
+    ce = token_nll(model, h, torch.tensor(tgt, dtype=torch.long, device=dev))
+    rows = torch.tensor(entry_rows, dtype=torch.long, device=dev)
+    nll_sum = torch.zeros(len(pb), device=dev, dtype=ce.dtype).index_add_(0, rows, ce[torch.tensor(entry_of, device=dev)])
+    nll = nll_sum / torch.bincount(rows, minlength=len(pb)).clamp(min=1)
+    return {"lp_pos": lp_pos.cpu(), "lp_neg": lp_neg.cpu(), "nll": nll.cpu()}
 
 
 def nll_offsets(row_ids: Sequence[Any], stride: int) -> np.ndarray:
@@ -138,12 +274,15 @@ def score(
     progress: bool = True,
     precision: str = "auto",
     nll_stride: int = NLL_STRIDE,
+    share_prefix: bool = True,
 ) -> pd.DataFrame:
     """The ScoreTable: one row per (coeff, question) with logratio, pmass, nll and every label column.
 
     Prompts are formatted by `steerer.messages(msgs, c)` and run inside `steerer.steer(model, c)` in
     `precision` (auto | fp32 | bf16, see `innerpissa.precision`); prompts longer than `max_length` tokens
-    are left-truncated (flagged in `truncated`).
+    are left-truncated (flagged in `truncated`). `share_prefix`: the rows of one dilemma run their common
+    token prefix once (`shared_forward_scores`: the same numbers up to float rounding, ~0.6x the tokens on
+    DailyDilemmas); False runs every row whole.
     """
     if nll_stride < 1:
         raise ValueError(f"nll_stride must be >= 1 (1 = NLL at every token), got {nll_stride}")
@@ -159,18 +298,22 @@ def score(
         raise ValueError(f"answer words {sorted(overlap)[0]} share vocabulary tokens: choose two distinct answers")
     labels = [c for c in rows.columns if c.startswith(LABEL)]
     offsets = torch.from_numpy(nll_offsets(rows["row_id"], nll_stride))
+    grouped = share_prefix and "dilemma_id" in rows and rows["dilemma_id"].duplicated().any()
     frames = []
     bar = tqdm(total=len(coeffs) * len(rows), desc=f"score {evalset.name}", unit="q", disable=not progress)
     for c in coeffs:
         convs = [steerer.messages(m, float(c)) for m in rows["messages"]]
         res = {k: np.full(len(rows), np.nan) for k in ("lp_pos", "lp_neg", "nll")}
-        batches, lengths = make_batches(tok, convs, batch_size, max_length)
+        if grouped:
+            batches, lengths = make_prefix_batches(tok, convs, rows["dilemma_id"], batch_size, max_length)
+        else:
+            batches, lengths = make_batches(tok, convs, batch_size, max_length)
         truncated = lengths > max_length if max_length is not None else np.zeros(len(rows), dtype=bool)
+        forward = shared_forward_scores if grouped else forward_scores
         with steerer.steer(model, float(c)), autocast(precision, model.device):
             for idx, batch in batches:
-                got = forward_scores(model, batch, [ids[w] for w in rows["choice_pos"].iloc[idx]],
-                                     [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride,
-                                     offsets[idx])
+                got = forward(model, batch, [ids[w] for w in rows["choice_pos"].iloc[idx]],
+                              [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride, offsets[idx])
                 for k, v in got.items():
                     res[k][idx] = v.double().numpy()
                 bar.update(len(idx))

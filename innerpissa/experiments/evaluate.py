@@ -169,6 +169,7 @@ def evaluate_run(
         "steerer": {"method": steerer.name, "params": steerer.params()},
         "coeffs": coeffs, "seed": seed, "batch_size": batch_size, "max_length": max_length, "limit": limit,
         "pmass_min": pmass_min, "n_boot": n_boot, "nll_stride": NLL_STRIDE, "nll_offset": "row-hash",
+        "prefix": "shared per dilemma (KV cache)",
         "precision": {"requested": precision, "resolved": resolve_precision(precision, model.device)},
         "calibration": calibration.to_json() if calibration is not None else None,
         "overlap": {"checked": train_pairs is not None, "ngram": OVERLAP_NGRAM,
