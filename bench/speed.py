@@ -9,13 +9,16 @@ All ratios come from one process on one machine, with the compared variants inte
 that load from other processes hits them alike (the load average is recorded at start and end):
 - bf16_matmul_ratio: the ceiling, bf16 ÷ fp32 time of the model's own Linear shapes (forward and both backward
   products, 2048 tokens), weighted by how many layers have each shape;
-- bf16_step_ratio: one optimizer step (8 pairs, c = ±1, default config) in bf16 ÷ fp32, the same batch;
+- bf16_step_ratio: one optimizer step of the default recipe (c = ±1) in bf16 ÷ fp32, the same batch (and with
+  attention left in bf16: `bf16_step_ratio_bf16_attention`);
 - eval throughput (real tokens/s) of `forward_scores` ÷ a bare full-logits forward, same batches, per precision,
   at the default prompt-NLL stride (`score.NLL_STRIDE`) and at strides 1 and 2;
 - stride_error: how far ΔNLL(c) vs c = 0 from every `s`-th prompt token is from the every-token ΔNLL, for a trained
   bf16 adapter on a dd-honesty subset (mean and per row), next to the sampling SE of the mean over rows;
 - bf16_eval_ratio: wall time of scoring a fixed dd-honesty subset (whole dilemmas) × 3 coefficients with a
-  trained InnerPiSSA adapter, bf16 ÷ fp32 (the full 674-question set is too slow for a shared 2-core machine);
+  trained InnerPiSSA adapter, the default (bf16, each dilemma's shared prefix run once) ÷ fp32 scoring every row
+  whole (how evaluation ran before); `bf16_eval_ratio_same_scoring` and `shared_prefix_ratio_fp32` split it
+  (the full 674-question set is too slow for a shared 2-core machine);
 - the effect estimate (slope, bootstrap CI) of that adapter on that subset in fp32 and in bf16, and of an
   adapter trained *and* scored in bf16;
 - greedy generation tokens/s steered at c = 1 ÷ the base model: InnerPiSSA unmerged and merged, every
@@ -34,6 +37,7 @@ import os
 import sys
 import time
 from collections import Counter
+from unittest import mock
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +58,8 @@ from innerpissa.models import load_model  # noqa: E402
 from innerpissa.precision import autocast, cpu_flags, cpu_has_bf16, resolve  # noqa: E402
 from innerpissa.steerers import get_steerer  # noqa: E402
 from innerpissa.steerers.innerpissa import InnerPiSSASteerer  # noqa: E402
+from innerpissa import precision as precision_mod  # noqa: E402
+from innerpissa.recipes import DEFAULT_RECIPE, apply_data, resolve as resolve_recipe  # noqa: E402
 from innerpissa.train import Trainer  # noqa: E402
 
 PRECS = ("fp32", "bf16")
@@ -129,19 +135,28 @@ def matmul_section(model, reps: int, tokens: int = 2048) -> dict:
 
 
 def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
-    """bf16 vs fp32 optimizer step on the same batch; reference-cache time per precision; top ops of a bf16 step."""
+    """bf16 vs fp32 optimizer step of the default recipe on one fixed batch (step 0, repeated); bf16 with its SDPA
+    attention left in bf16 too (what `fp32_attention` avoids); reference-cache time per precision; top ops."""
+    acfg, lcfg, tcfg = resolve_recipe(DEFAULT_RECIPE, None, None, None)
     trainers, ref_s = {}, {}
     for p in PRECS:  # both share the one adapter (the second attach sees it); each has its own cache and optimizer
-        tr = Trainer(model, tok, *pairs, AdapterConfig(), LossConfig(), TrainConfig(steps=2, n_val=8, precision=p, schedule="constant"),
+        tr = Trainer(model, tok, *pairs, acfg, lcfg, tcfg.model_copy(update={"steps": 4 * reps + 8, "precision": p}),
                      progress=False)
         t = time.perf_counter()
         tr.prepare()
         ref_s[p] = time.perf_counter() - t
         trainers[p] = tr
-    times = interleaved({p: (lambda tr=tr: tr.optimizer_step(0)) for p, tr in trainers.items()}, reps)
+
+    def bf16_attention() -> None:
+        with mock.patch.object(precision_mod, "fp32_attention", contextlib.nullcontext):
+            trainers["bf16"].optimizer_step(0)
+
+    times = interleaved({**{p: (lambda tr=tr: tr.optimizer_step(0)) for p, tr in trainers.items()},
+                         "bf16_bf16_attention": bf16_attention}, reps)
     n_ref = len({i for b in trainers["fp32"].batches for i in b}) + len(trainers["fp32"].val_pairs)
-    out = {"batch_pairs": TrainConfig().batch_size, "step_seconds": times,
-           "bf16_step_ratio": med(times["bf16"]) / med(times["fp32"])}
+    out = {"recipe": DEFAULT_RECIPE, "batch_pairs": tcfg.batch_size, "step_seconds": times,
+           "bf16_step_ratio": med(times["bf16"]) / med(times["fp32"]),
+           "bf16_step_ratio_bf16_attention": med(times["bf16_bf16_attention"]) / med(times["fp32"])}
     used = sorted({i for b in trainers["bf16"].batches for i in b})
     phases = {"reference_cache_s": {"pairs": n_ref, **ref_s}, "train_step_s": {p: med(v) for p, v in times.items()},
               "profile": {f"reference_cache_{p}": phase_profile(lambda tr=tr: tr._build_cache(tr.train_pairs, used))
@@ -265,21 +280,28 @@ def effect_section(model, tok, pairs, steps: int, n_rows: int) -> dict:
         t = time.perf_counter()
         st.fit(model, tok, *pairs, progress=False)
         out[f"train_{p}_s"] = time.perf_counter() - t
-        steerers[p] = (st, {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[-1] in ("P_v", "P_u", "lam")})
+        steerers[p] = (st, {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[-1] in ("P_v", "P_u", "lam", "U", "S", "V")})
         A.remove(model)
-    wall = {}
-    for train_p, eval_p in (("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "bf16")):
+    wall, tables = {}, {}
+    for train_p, eval_p, share in (("fp32", "fp32", False), ("fp32", "fp32", True), ("fp32", "bf16", True), ("bf16", "bf16", True)):
         st, params = steerers[train_p]
-        A.attach(model, st.adapter_cfg)
+        A.attach(model, st.adapter_cfg.model_copy(update={"dims": "top"}))  # the trained U, S, V are loaded next
         model.load_state_dict(params, strict=False)
+        key = f"{train_p}_adapter/{eval_p}_eval" + ("" if share else "_whole_rows")
         t = time.perf_counter()
-        table = score(model, tok, st, es, [-1.0, 0.0, 1.0], progress=False, precision=eval_p)
-        wall[f"{train_p}_adapter/{eval_p}_eval"] = time.perf_counter() - t
+        tables[key] = table = score(model, tok, st, es, [-1.0, 0.0, 1.0], progress=False, precision=eval_p, share_prefix=share)
+        wall[key] = time.perf_counter() - t
         s = summarize(table, es.target_dim, 1000, 0)
-        out[f"effect_{train_p}_train_{eval_p}_eval"] = {k: s[k] for k in ("effect", "ci_low", "ci_high", "p", "dnll")}
+        out[f"effect_{train_p}_train_{eval_p}_eval" + ("" if share else "_whole_rows")] = {
+            k: s[k] for k in ("effect", "ci_low", "ci_high", "p", "dnll")}
         A.remove(model)
     out["eval_wall_s"] = wall
-    out["bf16_eval_ratio"] = wall["fp32_adapter/bf16_eval"] / wall["fp32_adapter/fp32_eval"]
+    # the headline: today's default (bf16, shared prefixes) against the fp32 whole-row scoring this issue started from
+    out["bf16_eval_ratio"] = wall["fp32_adapter/bf16_eval"] / wall["fp32_adapter/fp32_eval_whole_rows"]
+    out["bf16_eval_ratio_same_scoring"] = wall["fp32_adapter/bf16_eval"] / wall["fp32_adapter/fp32_eval"]
+    out["shared_prefix_ratio_fp32"] = wall["fp32_adapter/fp32_eval"] / wall["fp32_adapter/fp32_eval_whole_rows"]
+    a, b = tables["fp32_adapter/fp32_eval"], tables["fp32_adapter/fp32_eval_whole_rows"]
+    out["shared_vs_whole_fp32_max_abs_diff"] = {c: float(np.nanmax(np.abs(a[c].to_numpy() - b[c].to_numpy()))) for c in ("logratio", "nll")}
     f, b = out["effect_fp32_train_fp32_eval"], out["effect_fp32_train_bf16_eval"]
     out["bf16_eval_effect_within_fp32_ci"] = bool(f["ci_low"] <= b["effect"] <= f["ci_high"])
     bb = out["effect_bf16_train_bf16_eval"]
@@ -306,7 +328,7 @@ def gen_section(model, tok, pairs, reps: int, new_tokens: int) -> dict:
     n_tok = new_tokens * len(GEN_PROMPTS)
     st = InnerPiSSASteerer()
     st.model = model
-    A.attach(model, st.adapter_cfg)  # random-init adapter: the same cost as a trained one
+    A.attach(model, st.adapter_cfg.model_copy(update={"dims": "top"}))  # random init (top-r dims): a trained one costs the same
     with torch.no_grad():
         for prm in A.trainable_parameters(model):
             prm.normal_(0, 0.02)
@@ -402,7 +424,7 @@ def main() -> None:
     if "matmul" in run_sections:
         keep("matmul", matmul_section(model, max(args.reps, 5)))
     if "train" in run_sections:
-        keep("train", *train_section(model, tok, pairs, args.reps))
+        keep("train", *train_section(model, tok, make_pairs(apply_data(load_concept("honesty"), DEFAULT_RECIPE), seed=0), args.reps))
     if "eval" in run_sections:
         keep("eval", *eval_section(model, tok, args.reps, args.eval_batches))
     if "stride" in run_sections:
@@ -421,7 +443,10 @@ def main() -> None:
     payload["headline"] = {
         "bf16_step_ratio": payload["train"]["bf16_step_ratio"], "target_bf16_step_ratio": 0.5,
         "bf16_matmul_ratio": payload.get("matmul", {}).get("bf16_ratio_model_weighted"),
+        "bf16_step_ratio_bf16_attention": payload["train"].get("bf16_step_ratio_bf16_attention"),
         "bf16_eval_ratio": payload["effect"]["bf16_eval_ratio"], "target_bf16_eval_ratio": 0.5,
+        "bf16_eval_ratio_same_scoring": payload["effect"].get("bf16_eval_ratio_same_scoring"),
+        "shared_prefix_ratio_fp32": payload["effect"].get("shared_prefix_ratio_fp32"),
         "bf16_eval_ratio_rows": payload["effect"]["rows"],
         "eval_vs_bare": payload["eval"][f"eval_vs_bare_{resolve('auto', 'cpu')}"], "target_eval_vs_bare": 1.0,
         "eval_vs_bare_fp32": payload["eval"]["eval_vs_bare_fp32"], "eval_vs_bare_bf16": payload["eval"]["eval_vs_bare_bf16"],
