@@ -32,6 +32,7 @@ from innerpissa.eval.metrics import summarize  # noqa: E402
 from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
 from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
+from innerpissa.recipes import get_recipe  # noqa: E402
 
 HONESTY = "honesty"
 
@@ -42,6 +43,8 @@ def units(recipes: list[str], budgets: list[str], seeds: int, random_seeds: int,
     """Every run of the bench, in the order that answers the main question first: a few random seeds, each recipe at
     its full budget with seed 0, the other seeds, the shorter budgets, then the rest of the null."""
     def ip(recipe: str, budget: str, seed: int) -> RunConfig:
+        if budget != "full" and fixed_steps(recipe) == int(budget):
+            budget = "full"  # that recipe's full budget is this step count: the same run, trained once
         train = {} if budget == "full" else {"steps": int(budget), "patience": None}
         return RunConfig(method="innerpissa", params={"recipe": recipe, **({"train": train} if train else {})},
                          seed=seed, datasets=(dataset,), eval_part="report", kl=kl, model=model, eval_limit=eval_limit, pmass_min=pmass_min,
@@ -56,7 +59,20 @@ def units(recipes: list[str], budgets: list[str], seeds: int, random_seeds: int,
     order += [ip(r, budgets[-1], s) for s in range(1, seeds) for r in recipes]
     order += [rnd(s) for s in range(3, random_seeds)]
     order += [ip(r, b, s) for b in budgets[:-1] for s in range(seeds) for r in recipes]
-    return order
+    return list({c.content_hash(): c for c in order}.values())
+
+
+def fixed_steps(recipe: str) -> int | None:
+    """The step count of a recipe that trains a fixed number of steps (no early stopping), else None."""
+    train = get_recipe(recipe).train
+    return train.get("steps") if train.get("steps") and not train.get("patience") else None
+
+
+def has_budget(cfg: RunConfig, budget: str) -> bool:
+    """Whether run `cfg` was trained with `budget` (a fixed-step recipe's full run also counts as its step count)."""
+    label = budget_label(cfg)
+    return label == budget or (label == "full" and budget != "full"
+                               and fixed_steps(cfg.params["recipe"]) == int(budget))
 
 
 def seed_pooled(scores: pd.DataFrame, dataset: str, target: str) -> dict[str, Any]:
@@ -140,7 +156,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
     for r in recipes:
         for b in budgets:
             hs = [c.content_hash() for c in done if c.method == "innerpissa" and c.params.get("recipe") == r
-                  and budget_label(c) == b]
+                  and has_budget(c, b)]
             if not hs:
                 continue
             block = {"budget": b, "positive_control": control_block(coll, hs, null_c, null_p),
@@ -154,27 +170,30 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
     return out
 
 
-def plot(result: dict[str, Any], path: Path, dataset: str) -> None:
+def plot(result: dict[str, Any], path: Path, dataset: str, budgets: list[str]) -> None:
+    """Per recipe against the training budget: token r, probe score and transfer, each over its random band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     curve = pd.DataFrame(result["budget_curve"])
-    for ax, key, field, title in ((axes[0], "positive_control", "score", "positive control r (held-out suffixes)"),
-                                  (axes[1], "transfer", "effect", f"{dataset} effect, side-balanced (nats/unit)")):
-        rnd = result["random"]["control_scores" if key == "positive_control" else "transfer_effects"]
-        nb = null_band(rnd)
+    panels = ((lambda blk: blk["positive_control"].get("score", np.nan), "control_scores",
+               "token r (held-out suffixes)"),
+              (lambda blk: blk["positive_control"].get("probe", {}).get("score", np.nan), "probe_scores",
+               "probe: share of persona gap, last layer"),
+              (lambda blk: blk["transfer"].get("effect", np.nan), "transfer_effects",
+               f"{dataset} effect, side-balanced (nats/unit)"))
+    for ax, (get, null_key, title) in zip(axes, panels):
+        nb = null_band(result["random"][null_key])
         if np.isfinite(nb["null_hi"]):
             ax.axhspan(nb["null_lo"], nb["null_hi"], color="0.85", label=f"random, {nb['null_n']} seeds (95% band)")
         for r, g in curve.groupby("recipe") if len(curve) else []:
-            xs = [b for b in g["budget"]]
-            ys = [blk.get(field, np.nan) for blk in g[key]]
-            ax.plot(range(len(xs)), ys, "o-", label=r)
-            ax.set_xticks(range(len(xs)), xs)
+            ax.plot([budgets.index(b) for b in g["budget"]], [get(blk) for _, blk in g.iterrows()], "o-", label=r)
+        ax.set_xticks(range(len(budgets)), budgets)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("training budget (steps; full = recipe default with early stopping)")
+        ax.set_xlabel("training budget (steps; full = the recipe's own)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -236,7 +255,7 @@ def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed
     }))
     if result["budget_curve"]:
         from common import RESULTS
-        plot(result, RESULTS / f"{args.name}.png", args.dataset)
+        plot(result, RESULTS / f"{args.name}.png", args.dataset, args.budgets.split(","))
 
 
 if __name__ == "__main__":

@@ -130,15 +130,14 @@ def antiparallel(delta_pos: torch.Tensor, delta_neg: torch.Tensor, diff_ref: tor
     return symlog(s + F.relu(s).pow(2))
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each position's next-token distribution: [B, T, V] -> [B, T]."""
-    logp = logits.float().log_softmax(-1)
+def token_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of next-token distributions given as log-probabilities: [..., V] -> [...]."""
     return -(logp.exp() * logp).sum(-1)
 
 
-def total_variation(logits_pi: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
-    """TV distance ½Σ|p_π − p_ref| ∈ [0, 1] per position: [B, T, V] x2 -> [B, T] (fraction of mass moved)."""
-    return 0.5 * (logits_pi.float().softmax(-1) - logits_ref.float().softmax(-1)).abs().sum(-1)
+def total_variation(logp_pi: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """TV distance ½Σ|p_π − p_ref| ∈ [0, 1] per position, from log-probabilities: [..., V] x2 -> [...] (mass moved)."""
+    return 0.5 * (logp_pi.exp() - logp_ref.exp()).abs().sum(-1)
 
 
 def tv_coherence(

@@ -90,8 +90,10 @@ class _Cache:
     hs: torch.Tensor  # [2n, N, k]
     nll: torch.Tensor  # [2n, tcmax]
     mask: torch.Tensor  # [2n, tcmax]
-    logits: torch.Tensor | None = None  # [2n, T-1, V]: only from a live reference (every position)
+    logp: torch.Tensor | None = None  # [N, V] fp32 log-probs at the `valid` positions: only from a live reference
     coh_mask: torch.Tensor | None = None  # positions the coherence barrier covers (None: the suffix `mask`)
+    valid: torch.Tensor | None = None  # [2n, T-1] bool: the positions `logp` holds, row-major (coherence ∪ suffix)
+    entropy: torch.Tensor | None = None  # [2n, T-1] reference entropy at `valid` positions, 0 elsewhere
 
 
 def forward_logits(
@@ -101,6 +103,22 @@ def forward_logits(
     with capture({"h": layer}, last_n) as store:
         out = model(**batch.model_inputs())
     return in_basis(store["h"], basis), out.logits[:, :-1]
+
+
+def valid_logprobs(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """fp32 log-softmax [N, V] of the positions `valid` [B, T] selects (row-major), so padding never reaches the
+    vocabulary-wide ops (a quarter of the positions of a typical pair batch)."""
+    return logits[valid].float().log_softmax(-1)
+
+
+def spread(vals: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-position values [N] at the `valid` positions back to [B, T], zeros elsewhere (differentiable)."""
+    return vals.new_zeros(valid.shape).masked_scatter(valid, vals)
+
+
+def picked_nll(logp: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL [B, T] of `targets` [B, T] from the log-probs [N, V] at `valid`, zeros elsewhere."""
+    return spread(-logp.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1), valid)
 
 
 def _tc(batch: Batch) -> int:
@@ -233,12 +251,15 @@ class Trainer:
 
     @torch.no_grad()
     def _live_reference(self, b: Batch) -> _Cache:
-        """Adapter-off states and logits of this micro-batch at every position (nothing cached)."""
+        """Adapter-off states, log-probs and entropies of this micro-batch at every real position (nothing cached)."""
         with self._ctx(0.0):
             hs, logits = forward_logits(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis)
-        nll = L.token_nll(logits, b.input_ids[:, 1:])
         mask = b.completion_mask[:, 1:].float()
-        return _Cache(hs, nll, mask, logits, self._coh_mask(b) if self.lcfg.coh_positions == "all" else mask)
+        coh = self._coh_mask(b) if self.lcfg.coh_positions == "all" else mask
+        valid = (coh + mask) > 0
+        logp = valid_logprobs(logits, valid)
+        nll = picked_nll(logp, b.input_ids[:, 1:], valid)
+        return _Cache(hs, nll, mask, logp, coh, valid, spread(L.token_entropy(logp), valid))
 
     def _ctx(self, c: float) -> contextlib.AbstractContextManager:
         """Steer at c (c = 0: the frozen model) in the run's precision, so reference and steered passes match."""
@@ -303,14 +324,16 @@ class Trainer:
         lp: dict[float, torch.Tensor] = {}
         delta: dict[float, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
+        n_first = int(ref.valid[:n].sum()) if ref.valid is not None else 0  # flat log-prob rows of the first n rows
         for c, tag in ((1.0, "pos"), (-1.0, "neg")):
             with self._ctx(c):
-                if ref.logits is None:
+                if ref.logp is None:
                     hs, nll = forward_terms(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis, tc)
-                    logits = None
+                    logp = None
                 else:
                     hs, logits = forward_logits(self.model, b, self.loss_layer, self.lcfg.last_n_tokens, self.basis)
-                    nll = L.token_nll(logits, b.input_ids[:, 1:])
+                    logp = valid_logprobs(logits, ref.valid)
+                    nll = picked_nll(logp, b.input_ids[:, 1:], ref.valid)
             proj = L.projection(hs[:n], hs[n:], u)
             logged[f"shift_{tag}"] = float(L.relative_shift(proj, proj_ref).detach())
             delta[c] = (hs[:n] - hs[n:]).mean(1) - diff_ref
@@ -324,8 +347,9 @@ class Trainer:
             if not lc.coherence:
                 terms[f"coh_{tag}"] = zero
             elif lc.coh_kind == "tv":
-                tv = L.total_variation(logits[rows], ref.logits[rows])
-                terms[f"coh_{tag}"] = L.tv_coherence(tv, L.token_entropy(ref.logits[rows]), cmask[rows], lc.tv_alpha,
+                part = slice(0, n_first) if c > 0 else slice(n_first, None)  # the same rows of the flat log-probs
+                tv = spread(L.total_variation(logp[part], ref.logp[part]), ref.valid[rows])
+                terms[f"coh_{tag}"] = L.tv_coherence(tv, ref.entropy[rows], cmask[rows], lc.tv_alpha,
                                                      scale=lc.coh_weight)
             else:
                 terms[f"coh_{tag}"] = L.coherence(nll[rows], ref.nll[rows], cmask[rows], lc.tau)
@@ -335,7 +359,7 @@ class Trainer:
         if not lc.monotonic:
             terms["mono"] = zero
         elif lc.mono_kind == "entropy":
-            h = L.token_entropy(ref.logits[:n])
+            h = ref.entropy[:n]
             h_pair = (h * cmask[:n]).sum(-1) / cmask[:n].sum(-1).clamp_min(1)
             terms["mono"] = L.monotonic_entropy(lp[-1.0] - lp_zero, lp[1.0] - lp_zero, h_pair, lc.mono_frac)
         else:

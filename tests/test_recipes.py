@@ -14,6 +14,7 @@ from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
 from innerpissa.recipes import DEFAULT_RECIPE, RECIPES, apply_data, get_recipe, resolve
 from innerpissa.testing import save_tiny_model, tiny_model, tiny_tokenizer
+from innerpissa import loss as L
 from innerpissa.train import Trainer
 
 SMALL_A = {"r": 8}
@@ -186,3 +187,43 @@ def test_runs_stored_before_the_recipe_was_explicit_collect_as_reprpo_v0() -> No
     old = _run_fields({"method": "innerpissa", "params": {"train": {"steps": 5}}}, "abc")
     assert json.loads(old["params_key"]) == {"recipe": "reprpo-v0", "train": {"steps": 5}}
     assert json.loads(_run_fields({"method": "pca", "params": {}}, "def")["params_key"]) == {}
+
+
+def test_live_reference_terms_skip_padding_exactly():
+    """The TV barrier and the entropy margin read log-probs at real positions only; with a moved adapter they equal
+    the same terms computed over every position of the padded batch (full-vocabulary log-softmax, padding masked)."""
+    from innerpissa.train import forward_logits
+
+    # untruncated rows (so the batch is padded); a low TV threshold, since a random model's entropy is near log V
+    a, l, t = resolve("antipasto", SMALL_A, {**SMALL_L, "tv_alpha": 0.01}, {**SMALL_T, "steps": 2, "max_length": 512})
+    tr, va = make_pairs(apply_data(load_concept("honesty"), "antipasto"))
+    model, tok = tiny_model()
+    trainer = Trainer(model, tok, tr, va, a, l, t, progress=False)
+    trainer.prepare()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in trainable_parameters(model):
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    b = trainer._encode(trainer.train_pairs, trainer.batches[0])
+    assert (b.attention_mask == 0).any()  # the batch is padded, so skipping padding is exercised
+    _, logged = trainer.step_loss(b, trainer._live_reference(b), trainer.u)
+
+    def full_logp(c: float) -> torch.Tensor:
+        with torch.no_grad(), trainer._ctx(c):
+            return forward_logits(model, b, trainer.loss_layer, l.last_n_tokens, trainer.basis)[1].float().log_softmax(-1)
+
+    n, cm, cmp = len(b) // 2, trainer._coh_mask(b), b.completion_mask[:, 1:].float()
+    ref = full_logp(0.0)
+    h = L.token_entropy(ref)
+    lp = {}
+    for c, tag, rows in ((1.0, "pos", slice(0, n)), (-1.0, "neg", slice(n, None))):
+        pol = full_logp(c)
+        want = L.tv_coherence(L.total_variation(pol[rows], ref[rows]), h[rows], cm[rows], l.tv_alpha, scale=l.coh_weight)
+        assert want.item() > 1e-3 and math.isclose(logged[f"coh_{tag}"], want.item(), rel_tol=1e-4)
+        nll = -pol.gather(-1, b.input_ids[:, 1:, None]).squeeze(-1)
+        lp[c] = L.seq_logp(nll[:n], cmp[:n]) - L.seq_logp(nll[n:], cmp[n:])
+    nll0 = -ref.gather(-1, b.input_ids[:, 1:, None]).squeeze(-1)
+    lp0 = L.seq_logp(nll0[:n], cmp[:n]) - L.seq_logp(nll0[n:], cmp[n:])
+    h_pair = (h[:n] * cm[:n]).sum(-1) / cm[:n].sum(-1)
+    want = L.monotonic_entropy(lp[-1.0] - lp0, lp[1.0] - lp0, h_pair, l.mono_frac)
+    assert math.isclose(logged["mono"], want.item(), rel_tol=1e-4, abs_tol=1e-6)
