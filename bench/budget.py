@@ -131,6 +131,16 @@ def _mean(rows: pd.DataFrame, col: str) -> float:
         else float("nan")
 
 
+def fit_steps(root: Path, fits: pd.DataFrame) -> list[int]:
+    """Optimizer steps each fit ran (early stopping can end a run before its cap), read from its train log."""
+    out = []
+    for h in fits.drop_duplicates("run_hash").get("env.fit.fit_hash", pd.Series(dtype=str)).dropna():
+        log = root / "fits" / str(h) / "train_log.csv"
+        if log.is_file():
+            out.append(int(pd.read_csv(log)["step"].max()))
+    return out
+
+
 def budget_label(cfg: RunConfig) -> str:
     return str(cfg.params.get("train", {}).get("steps", "full"))
 
@@ -162,7 +172,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
             block = {"budget": b, "positive_control": control_block(coll, hs, null_c, null_p),
                      "transfer": transfer_block(coll, scores, hs, null_t, dataset)}
             fits = coll[coll["run_hash"].isin(hs)]
-            block["train_steps_mean"] = _mean(fits, "env.fit.steps") if "env.fit.steps" in fits else None
+            block["train_steps"] = fit_steps(root, fits)
             block["fit_seconds_mean"] = _mean(fits, "env.fit.seconds")
             out["budget_curve"].append({"recipe": r, **block})
             if b == budgets[-1]:
