@@ -43,8 +43,7 @@ def units(recipes: list[str], budgets: list[str], seeds: int, random_seeds: int,
     """Every run of the bench, in the order that answers the main question first: a few random seeds, each recipe at
     its full budget with seed 0, the other seeds, the shorter budgets, then the rest of the null."""
     def ip(recipe: str, budget: str, seed: int) -> RunConfig:
-        if budget != "full" and fixed_steps(recipe) == int(budget):
-            budget = "full"  # that recipe's full budget is this step count: the same run, trained once
+        budget = run_budget(recipe, budget)
         train = {} if budget == "full" else {"steps": int(budget), "patience": None}
         return RunConfig(method="innerpissa", params={"recipe": recipe, **({"train": train} if train else {})},
                          seed=seed, datasets=(dataset,), eval_part="report", kl=kl, model=model, eval_limit=eval_limit, pmass_min=pmass_min,
@@ -62,17 +61,12 @@ def units(recipes: list[str], budgets: list[str], seeds: int, random_seeds: int,
     return list({c.content_hash(): c for c in order}.values())
 
 
-def fixed_steps(recipe: str) -> int | None:
-    """The step count of a recipe that trains a fixed number of steps (no early stopping), else None."""
+def run_budget(recipe: str, budget: str) -> str:
+    """The budget label of the run that trains `recipe` for `budget`: 'full' where the recipe itself trains exactly
+    that many steps without early stopping (the same run, trained once), else `budget`."""
     train = get_recipe(recipe).train
-    return train.get("steps") if train.get("steps") and not train.get("patience") else None
-
-
-def has_budget(cfg: RunConfig, budget: str) -> bool:
-    """Whether run `cfg` was trained with `budget` (a fixed-step recipe's full run also counts as its step count)."""
-    label = budget_label(cfg)
-    return label == budget or (label == "full" and budget != "full"
-                               and fixed_steps(cfg.params["recipe"]) == int(budget))
+    fixed = train.get("steps") if train.get("steps") and not train.get("patience") else None
+    return "full" if budget != "full" and fixed == int(budget) else budget
 
 
 def seed_pooled(scores: pd.DataFrame, dataset: str, target: str) -> dict[str, Any]:
@@ -166,7 +160,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, recipes: list[str], budgets: li
     for r in recipes:
         for b in budgets:
             hs = [c.content_hash() for c in done if c.method == "innerpissa" and c.params.get("recipe") == r
-                  and has_budget(c, b)]
+                  and budget_label(c) == run_budget(r, b)]
             if not hs:
                 continue
             block = {"budget": b, "positive_control": control_block(coll, hs, null_c, null_p),
