@@ -208,7 +208,8 @@ def main() -> None:
     ap.add_argument("--recipes", default="reprpo-v0,antipasto,seed")
     ap.add_argument("--concept", default=HONESTY, help="a built-in concept (or YAML); measured on its `dataset:`")
     ap.add_argument("--dataset", default=None, help="transfer set (default: the concept's dataset, e.g. dd-care)")
-    ap.add_argument("--budgets", default="full", help="comma list of step counts, ending with 'full'")
+    ap.add_argument("--budgets", default="full", help="comma list of step counts and/or 'full' (the recipe's own budget), "
+                    "shortest first; the last is the headline (e.g. '24' for a quick positive control)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--random-seeds", type=int, default=10)
     ap.add_argument("--kl", type=float, default=0.1, help="KL budget (mean per token) every run is calibrated to")
@@ -226,8 +227,8 @@ def main() -> None:
     if not args.dataset:
         ap.error(f"concept {args.concept!r} names no dataset: pass --dataset")
     args.name = args.name or ("budget" if args.concept == HONESTY else f"budget_{Path(args.concept).stem}")
-    if budgets[-1] != "full":
-        ap.error("--budgets must end with 'full'")
+    if any(b != "full" and not b.isdigit() for b in budgets):
+        ap.error(f"--budgets {args.budgets!r}: each must be a step count or 'full'")
     cfgs = units(recipes, budgets, args.seeds, args.random_seeds, args.kl, args.model, args.eval_limit, args.pmass_min,
                  args.concept, args.dataset)
     t0 = time.perf_counter()

@@ -7,7 +7,8 @@ only ever looked at the other half) and on TruthfulQA. Per method and budget: th
 seeds (dilemma × seed bootstrap), the paired difference to InnerPiSSA on the same dilemmas (a method "beats"
 another only when that CI excludes 0), action bias, selectivity, and the references' metrics for the audit.
 Random directions get many seeds: they are the null. Resumable (runs cached by config hash, done in priority
-order, JSON rewritten after every run):
+order, JSON rewritten after every run; the finished runs' records live in bench/results/quality_runs/, committed,
+so the bench continues across sessions and checkouts):
     nohup .venv/bin/python bench/quality.py > quality.log 2>&1 &
 """
 
@@ -48,9 +49,9 @@ SAMPLES = 8  # steered generations (c = -1, 0, +1) per run, in samples.json and 
 
 def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float], datasets: list[str], model: str,
          eval_limit: int | None, n_pairs: int | None, pmass_min: float) -> list[RunConfig]:
-    """Every run, in the order that answers the main question first: at each budget (gentle, then strong) InnerPiSSA
-    seed 0 and its first null (3 random seeds); then at each budget seed 0 of every other method; then the other
-    seeds and the rest of the null."""
+    """Every run, in the order that answers the main question first: InnerPiSSA seed 0 and its first null (3 random
+    seeds); then seed 0 of every other method; then the other seeds and the rest of the null. Each fit's runs at the
+    budgets (gentle, then strong) are adjacent, so a fit is made once even when a session ends between runs."""
     def cfgs(ms: list[str], n: int, kl: float) -> list[RunConfig]:
         return compare_configs(ms, n, model, "honesty", datasets, [-1.0, 0.0, 1.0], eval_limit, "report",
                                samples=SAMPLES, n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
@@ -59,7 +60,7 @@ def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float]
     head = [[c for c in main if c.seed == 0][:1] + [c for c in rnd if c.seed < 3] for main, rnd in per_budget]
     others = [[c for c in main if c.seed == 0][1:] for main, _ in per_budget]
     rest = [[c for c in main if c.seed > 0] + [c for c in rnd if c.seed >= 3] for main, rnd in per_budget]
-    return [c for phase in (head, others, rest) for block in phase for c in block]
+    return [c for phase in (head, others, rest) for same_fit in zip(*phase, strict=True) for c in same_fit]
 
 
 def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets: list[str], out: Path) -> dict[str, Any]:
@@ -105,7 +106,8 @@ def main() -> None:
     ap.add_argument("--n-pairs", type=int, default=None, help="cap the training pairs (default: the concept's)")
     ap.add_argument("--model", default="smollm2-135m", help="smoke-test the bench with tiny-llama")
     ap.add_argument("--pmass-min", type=float, default=0.1, help="0 for the tiny random model's smoke run")
-    ap.add_argument("--root", type=Path, default=Path("runs/bench-quality"))
+    ap.add_argument("--root", type=Path, default=Path(__file__).parent / "results" / "quality_runs",
+                    help="run records; the default is committed (fits and plots ignored), so a fresh checkout resumes")
     ap.add_argument("--out", type=Path, default=Path("results/quality"), help="markdown tables per dataset × budget")
     ap.add_argument("--max-hours", type=float, default=None, help="stop starting new runs after this long")
     ap.add_argument("--aggregate-only", action="store_true")

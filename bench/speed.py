@@ -9,8 +9,10 @@ All ratios come from one process on one machine, with the compared variants inte
 that load from other processes hits them alike (the load average is recorded at start and end):
 - bf16_matmul_ratio: the ceiling, bf16 ÷ fp32 time of the model's own Linear shapes (forward and both backward
   products, 2048 tokens), weighted by how many layers have each shape;
-- bf16_step_ratio: one optimizer step of the default recipe (c = ±1) in bf16 ÷ fp32, the same batch (and with
-  attention left in bf16: `bf16_step_ratio_bf16_attention`);
+- bf16_step_ratio: one optimizer step of the default recipe (c = ±1) in bf16 ÷ fp32, the same batch, with the
+  frozen linears cast to bf16 once per step (`Trainer.run` casts them once per fit, so this is an upper bound); with
+  attention left in bf16: `bf16_step_ratio_bf16_attention`; with plain autocast re-casting every frozen weight
+  on every forward (how steps ran before the copies): `bf16_step_ratio_autocast_recast`;
 - eval throughput (real tokens/s) of `forward_scores` ÷ a bare full-logits forward, same batches, per precision,
   at the default prompt-NLL stride (`score.NLL_STRIDE`) and at strides 1 and 2;
 - stride_error: how far ΔNLL(c) vs c = 0 from every `s`-th prompt token is from the every-token ΔNLL, for a trained
@@ -147,21 +149,34 @@ def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
         ref_s[p] = time.perf_counter() - t
         trainers[p] = tr
 
+    def step(p: str) -> None:
+        """One step as `Trainer.run` takes it: under bf16 the frozen linears are bf16 copies, made once per fit
+        there; here (both trainers share the model) once per step, so the bf16 time includes that cast."""
+        with precision_mod.bf16_frozen_linears(model) if p == "bf16" else contextlib.nullcontext():
+            trainers[p].optimizer_step(0)
+
     def bf16_attention() -> None:
         with mock.patch.object(precision_mod, "fp32_attention", contextlib.nullcontext):
-            trainers["bf16"].optimizer_step(0)
+            step("bf16")
 
-    times = interleaved({**{p: (lambda tr=tr: tr.optimizer_step(0)) for p, tr in trainers.items()},
-                         "bf16_bf16_attention": bf16_attention}, reps)
+    def bf16_recast() -> None:  # autocast alone: every frozen weight re-cast on every forward (before the copies)
+        trainers["bf16"].optimizer_step(0)
+
+    times = interleaved({**{p: (lambda p=p: step(p)) for p in trainers},
+                         "bf16_bf16_attention": bf16_attention, "bf16_autocast_recast": bf16_recast}, reps)
     n_ref = len({i for b in trainers["fp32"].batches for i in b}) + len(trainers["fp32"].val_pairs)
     out = {"recipe": DEFAULT_RECIPE, "batch_pairs": tcfg.batch_size, "step_seconds": times,
            "bf16_step_ratio": med(times["bf16"]) / med(times["fp32"]),
-           "bf16_step_ratio_bf16_attention": med(times["bf16_bf16_attention"]) / med(times["fp32"])}
+           "bf16_step_ratio_bf16_attention": med(times["bf16_bf16_attention"]) / med(times["fp32"]),
+           "bf16_step_ratio_autocast_recast": med(times["bf16_autocast_recast"]) / med(times["fp32"])}
     used = sorted({i for b in trainers["bf16"].batches for i in b})
     phases = {"reference_cache_s": {"pairs": n_ref, **ref_s}, "train_step_s": {p: med(v) for p, v in times.items()},
               "profile": {f"reference_cache_{p}": phase_profile(lambda tr=tr: tr._build_cache(tr.train_pairs, used))
                           for p, tr in trainers.items()}}
-    phases["profile"].update({f"train_step_{p}": phase_profile(lambda tr=tr: tr.optimizer_step(0)) for p, tr in trainers.items()})
+    phases["profile"].update({f"train_step_{p}": phase_profile(lambda p=p: step(p)) for p in trainers})
+    t = time.perf_counter()
+    with precision_mod.bf16_frozen_linears(model):
+        phases["frozen_linears_bf16_copy_s"] = time.perf_counter() - t
     layers = list(A.adapter_layers(model).values())
     t = time.perf_counter()
     with torch.no_grad():
@@ -444,6 +459,7 @@ def main() -> None:
         "bf16_step_ratio": payload["train"]["bf16_step_ratio"], "target_bf16_step_ratio": 0.5,
         "bf16_matmul_ratio": payload.get("matmul", {}).get("bf16_ratio_model_weighted"),
         "bf16_step_ratio_bf16_attention": payload["train"].get("bf16_step_ratio_bf16_attention"),
+        "bf16_step_ratio_autocast_recast": payload["train"].get("bf16_step_ratio_autocast_recast"),
         "bf16_eval_ratio": payload["effect"]["bf16_eval_ratio"], "target_bf16_eval_ratio": 0.5,
         "bf16_eval_ratio_same_scoring": payload["effect"].get("bf16_eval_ratio_same_scoring"),
         "shared_prefix_ratio_fp32": payload["effect"].get("shared_prefix_ratio_fp32"),

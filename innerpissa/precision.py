@@ -82,6 +82,27 @@ def _bf16(dev: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def bf16_frozen_linears(model: torch.nn.Module) -> Iterator[int]:
+    """Inside: every frozen fp32 `nn.Linear` weight and bias of `model` is a bf16 copy; the originals (ties
+    included) are put back exactly on exit. Yields how many tensors were swapped.
+
+    Why: autocast caches its bf16 casts only for trainable leaves, so it re-casts every frozen weight (tied
+    lm_head included) on every forward; casting once per fit gives the same bf16 matmuls (autocast leaves a bf16
+    operand as it is) without that copy. Only for modules that use their weight solely through `forward`
+    (InnerPiSSA's base layers): a layer that reads a base weight itself (DoRA's norm) would see the copy."""
+    swapped = [(m, name, p) for m in model.modules() if type(m) is torch.nn.Linear
+               for name, p in m.named_parameters(recurse=False)
+               if p.dtype == torch.float32 and not p.requires_grad]
+    try:
+        for m, name, p in swapped:
+            m._parameters[name] = torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+        yield len(swapped)
+    finally:
+        for m, name, p in swapped:
+            m._parameters[name] = p
+
+
+@contextlib.contextmanager
 def fp32_attention() -> Iterator[None]:
     """transformers' `sdpa` attention runs in fp32 inside this context, autocast or not.
 

@@ -36,7 +36,7 @@ from .concepts import ContrastPairs
 from .config import AdapterConfig, LossConfig, TrainConfig
 from .loop import Loop, TrainingDiverged, TrainResult
 from .models import decoder_layers, select_layers
-from .precision import autocast, resolve as resolve_precision
+from .precision import autocast, bf16_frozen_linears, resolve as resolve_precision
 
 
 def pick_device(name: str) -> torch.device:
@@ -186,6 +186,7 @@ class Trainer:
         self.adapter = InnerPiSSATrainable(model, adapter) if isinstance(adapter, AdapterConfig) else adapter
         self.lcfg, self.tcfg = loss_cfg, train_cfg
         self.attached = False
+        self._weights: contextlib.ExitStack | None = None  # set by run(): frozen linears cast to bf16 once per fit
         self.progress = progress
         self.device = pick_device(train_cfg.device)
         n_train = min(len(train_pairs), train_cfg.n_train or len(train_pairs))
@@ -395,6 +396,8 @@ class Trainer:
         self.val_cache = self._build_cache(self.val_pairs, list(range(len(self.val_pairs))))
         self.adapter.attach(self)
         self.attached = True
+        if self._weights is not None and self.precision == "bf16" and isinstance(self.adapter, InnerPiSSATrainable):
+            self._weights.enter_context(bf16_frozen_linears(self.model))  # after the SVDs: they read fp32 weights
 
     def parameters(self) -> list[nn.Parameter]:
         """The adapter's trainable tensors."""
@@ -441,7 +444,11 @@ class Trainer:
 
         `stop_after` simulates a crash.
         """
-        return self.loop.run(TrainResult(precision=self.precision), resume, stop_after)
+        with contextlib.ExitStack() as self._weights:  # the bf16 weight copies' scope: this run (see setup)
+            try:
+                return self.loop.run(TrainResult(precision=self.precision), resume, stop_after)
+            finally:
+                self._weights = None
 
     @torch.no_grad()
     def orient(self, result: TrainResult) -> None:

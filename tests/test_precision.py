@@ -3,6 +3,7 @@ stated tolerance of fp32, fp32 losses/grads/optimizer state under bf16, and the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -184,3 +185,40 @@ def test_cpu_bf16_autocast_runs_attention_in_fp32_and_restores_it(model, monkeyp
     assert plain == {(torch.float32, True)} and inside == {(torch.float32, False)}
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before
     torch.testing.assert_close(same, ref, rtol=0, atol=0)
+
+
+def test_bf16_fit_casts_frozen_linears_once_same_result_and_restores_them(model, monkeypatch) -> None:
+    """The bf16 weight copies a fit makes once (`precision.bf16_frozen_linears`) give bit-for-bit the adapter plain
+    autocast gives, and the model's weights (tied lm_head included) come back as the same fp32 tensors."""
+    from innerpissa import train as T
+    from innerpissa.models import tensors_sha256
+
+    m, tok = model
+    tr_pairs, va_pairs = make_pairs(load_concept("honesty"), seed=0)
+    before = tensors_sha256(m.state_dict().items())
+    tied = m.get_output_embeddings().weight is m.get_input_embeddings().weight
+    swaps: list[int] = []
+    real = T.bf16_frozen_linears
+
+    def spy(mod):
+        with real(mod) as n:
+            swaps.append(n)
+            assert m.get_output_embeddings().weight.dtype == torch.bfloat16
+            yield n
+
+    def fit(ctx) -> list[torch.Tensor]:
+        monkeypatch.setattr(T, "bf16_frozen_linears", ctx)
+        tr = Trainer(m, tok, tr_pairs.subset(list(range(8))), va_pairs.subset(list(range(4))), AdapterConfig(r=8),
+                     LossConfig(), TrainConfig(steps=2, batch_size=4, n_val=4, precision="bf16"), progress=False)
+        tr.run()
+        out = [p.detach().clone() for p in tr.adapter.parameters()]
+        A.remove(m)
+        return out
+
+    plain = fit(lambda mod: contextlib.nullcontext(0))
+    cast_once = fit(contextlib.contextmanager(spy))
+    assert swaps and swaps[0] > 0  # the copies were made (and lm_head was one of them)
+    assert all(torch.equal(a, b) for a, b in zip(plain, cast_once))
+    assert tensors_sha256(m.state_dict().items()) == before
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert (m.get_output_embeddings().weight is m.get_input_embeddings().weight) == tied
