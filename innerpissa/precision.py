@@ -88,8 +88,8 @@ def bf16_frozen_linears(model: torch.nn.Module) -> Iterator[int]:
 
     Why: autocast caches its bf16 casts only for trainable leaves, so it re-casts every frozen weight (tied
     lm_head included) on every forward; casting once per fit gives the same bf16 matmuls (autocast leaves a bf16
-    operand as it is) without that copy. Only for modules that use their weight solely through `forward`
-    (InnerPiSSA's base layers): a layer that reads a base weight itself (DoRA's norm) would see the copy."""
+    operand as it is) without that copy. Only for adapters whose layers use the base weight solely through its
+    `forward` (`TrainableAdapter.base_weights_in_forward_only`): one that reads it (DoRA's norm) would see the copy."""
     swapped = [(m, name, p) for m in model.modules() if type(m) is torch.nn.Linear
                for name, p in m.named_parameters(recurse=False)
                if p.dtype == torch.float32 and not p.requires_grad]

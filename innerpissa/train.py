@@ -131,6 +131,10 @@ def _tc(batch: Batch) -> int:
 class TrainableAdapter(Protocol):
     """What the loop needs from a steerable parameterisation (InnerPiSSA here; LoRA-family in steerers/)."""
 
+    # its layers use the frozen base weights only through their forward, so a bf16 fit may hold bf16 copies of
+    # them (`precision.bf16_frozen_linears`) with bit-identical results
+    base_weights_in_forward_only: bool
+
     def attach(self, trainer: "Trainer") -> None: ...
     def parameters(self) -> list[nn.Parameter]: ...
     def steer(self, c: float) -> contextlib.AbstractContextManager: ...
@@ -139,6 +143,8 @@ class TrainableAdapter(Protocol):
 
 class InnerPiSSATrainable:
     """InnerPiSSA layers on `model`; flipping negates every parameter, which is exactly c -> −c."""
+
+    base_weights_in_forward_only = True  # the base layer is called, never read (U, S, V are buffers of their own)
 
     def __init__(self, model: PreTrainedModel, cfg: AdapterConfig) -> None:
         self.model, self.cfg = model, cfg
@@ -396,7 +402,7 @@ class Trainer:
         self.val_cache = self._build_cache(self.val_pairs, list(range(len(self.val_pairs))))
         self.adapter.attach(self)
         self.attached = True
-        if self._weights is not None and self.precision == "bf16" and isinstance(self.adapter, InnerPiSSATrainable):
+        if self._weights is not None and self.precision == "bf16" and self.adapter.base_weights_in_forward_only:
             self._weights.enter_context(bf16_frozen_linears(self.model))  # after the SVDs: they read fp32 weights
 
     def parameters(self) -> list[nn.Parameter]:

@@ -191,11 +191,11 @@ def test_bf16_fit_casts_frozen_linears_once_same_result_and_restores_them(model,
     """The bf16 weight copies a fit makes once (`precision.bf16_frozen_linears`) give bit-for-bit the adapter plain
     autocast gives, and the model's weights (tied lm_head included) come back as the same fp32 tensors."""
     from innerpissa import train as T
-    from innerpissa.models import tensors_sha256
+    from innerpissa.experiments.evaluate import model_state_sha256
 
     m, tok = model
     tr_pairs, va_pairs = make_pairs(load_concept("honesty"), seed=0)
-    before = tensors_sha256(m.state_dict().items())
+    before = model_state_sha256(m)
     tied = m.get_output_embeddings().weight is m.get_input_embeddings().weight
     swaps: list[int] = []
     real = T.bf16_frozen_linears
@@ -218,7 +218,7 @@ def test_bf16_fit_casts_frozen_linears_once_same_result_and_restores_them(model,
     plain = fit(lambda mod: contextlib.nullcontext(0))
     cast_once = fit(contextlib.contextmanager(spy))
     assert swaps and swaps[0] > 0  # the copies were made (and lm_head was one of them)
-    assert all(torch.equal(a, b) for a, b in zip(plain, cast_once))
-    assert tensors_sha256(m.state_dict().items()) == before
+    assert plain and all(torch.equal(a, b) for a, b in zip(plain, cast_once, strict=True))
+    assert model_state_sha256(m) == before
     assert all(p.dtype == torch.float32 for p in m.parameters())
     assert (m.get_output_embeddings().weight is m.get_input_embeddings().weight) == tied

@@ -83,6 +83,8 @@ def trainable_tensors(layer: PeftLoraLinear) -> list[nn.Parameter]:
 class PeftTrainable:
     """peft lora.Linear layers in `model` for Trainer; `steer(c)` sets peft's scaling, `flip` negates the sign of c."""
 
+    base_weights_in_forward_only = False  # DoRA reads its base weight for the column norm
+
     def __init__(self, model: PreTrainedModel, variant: str, r: int, alpha: float, target_modules: tuple[str, ...],
                  layer_range: tuple[float, float], seed: int) -> None:
         self.model, self.variant, self.r, self.alpha = model, variant, r, alpha
