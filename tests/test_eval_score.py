@@ -229,3 +229,59 @@ def test_smollm2_answers_the_dd_format() -> None:
     es = limit_rows(load_dataset("dd-honesty"), 4, seed=0)
     table = score(model, tok, Identity(), es, [0.0], progress=False)
     assert table["pmass"].median() > 0.5 and table["logratio"].notna().all()
+
+
+class ExactAdd(AddVector):
+    exact_at_zero = True
+
+
+class OffAtZero(AddVector):
+    """Violates c = 0 = base (shifts by v at c = 0) and does not claim exactness: must never use or fill the cache."""
+
+    def steer(self, model, c):
+        return super().steer(model, c + 1.0)
+
+
+def test_base_rows_are_reused_only_for_an_exact_steerer_on_the_same_model_and_prompts(tiny, evalset) -> None:
+    import innerpissa.eval.score as S
+
+    model, tok = tiny
+    S._BASE_ROWS.clear()
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+        ref = score(model, tok, ExactAdd(v), evalset, [0.0, 1.0], pmass_min=0.0, progress=False, reuse_base=False)
+        n_two = len(calls)
+        off = score(model, tok, OffAtZero(v), evalset, [0.0], pmass_min=0.0, progress=False)  # not cached
+        assert not S._BASE_ROWS and len(calls) == n_two * 3 // 2
+        first = score(model, tok, ExactAdd(v), evalset, [0.0, 1.0], pmass_min=0.0, progress=False)
+        assert len(S._BASE_ROWS) == 1 and len(calls) == n_two * 5 // 2
+        calls.clear()
+        again = score(model, tok, ExactAdd(2 * v), evalset, [0.0, 1.0], pmass_min=0.0, progress=False)
+        assert len(calls) == n_two // 2  # only the c = 1 forwards ran
+        for col in ("logratio", "pmass", "nll", "truncated"):
+            for got in (first, again):
+                np.testing.assert_array_equal(got.loc[got["coeff"] == 0.0, col].to_numpy(),
+                                              ref.loc[ref["coeff"] == 0.0, col].to_numpy())
+        assert (off["nll"].to_numpy() != ref.loc[ref["coeff"] == 0.0, "nll"].to_numpy()).all()
+        assert not np.array_equal(again.loc[again["coeff"] == 1.0, "nll"], ref.loc[ref["coeff"] == 1.0, "nll"])
+        calls.clear()  # another prompt set, then another model state: computed afresh, not served from the cache
+        fewer = limit_rows(evalset, 5, seed=3)
+        score(model, tok, ExactAdd(v), fewer, [0.0], pmass_min=0.0, progress=False)
+        assert calls and len(S._BASE_ROWS) == 2
+        w = model.get_input_embeddings().weight
+        saved = w.detach().clone()
+        with torch.no_grad():
+            w[:, 0] += 0.5
+        try:
+            calls.clear()
+            moved = score(model, tok, ExactAdd(v), evalset, [0.0], pmass_min=0.0, progress=False)
+            assert calls and len(S._BASE_ROWS) == 3
+            assert not np.array_equal(moved["nll"].to_numpy(), ref.loc[ref["coeff"] == 0.0, "nll"].to_numpy())
+        finally:
+            with torch.no_grad():
+                w.copy_(saved)
+    finally:
+        handle.remove()
+        S._BASE_ROWS.clear()

@@ -238,6 +238,7 @@ class CalibratedSteerer:
     def __init__(self, inner: Steerer, calibration: Calibration) -> None:
         self.inner, self.calibration = inner, calibration
         self.name = inner.name
+        self.exact_at_zero = getattr(inner, "exact_at_zero", False)  # u = 0 is raw c = 0
         if hasattr(inner, "discrete_coeffs"):
             self.discrete_coeffs = inner.discrete_coeffs
 

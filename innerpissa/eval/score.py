@@ -14,11 +14,18 @@ Per question, one batched forward with logits only at the last position (`logits
              chunks, so no [B, T, V] logits tensor is ever built.
 Precision (`innerpissa.precision`): under bf16 the forward runs in autocast, but the answer logits are
 recomputed from the final hidden state by an fp32 LM head (a bf16 logit near 20 is only good to ±0.06).
+Base rows: c = 0 is the base model, bit for bit, for every steerer that sets `exact_at_zero` (all built-in ones;
+each has a `torch.equal` test), so its c = 0 forwards are run once per process for a given model state, prompt set
+and scoring settings and then reused (`_base_key`): a third of a 3-coefficient run's forwards, in a bench that
+scores dozens of steerers on the same rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +38,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, Messages, chat_text, encode
-from ..precision import autocast
+from ..models import tensors_sha256
+from ..precision import autocast, resolve
 from ..steerers.base import Steerer
 from .datasets import LABEL, EvalSet
 
 SCORE_COLUMNS = ["method", "seed", "coeff", "dataset", "row_id", "dilemma_id", "side", "logratio", "pmass", "nll", "truncated"]
 NLL_CHUNK = 1024  # token positions per LM-head chunk when computing the prompt NLL
 NLL_STRIDE = 2  # prompt NLL at every 2nd real target token (see the module docstring)
+BASE_CACHE_SIZE = 8  # prompt sets whose c = 0 results are kept (a few floats per row)
+_BASE_ROWS: OrderedDict[str, tuple[dict[str, np.ndarray], np.ndarray]] = OrderedDict()
 
 
 def answer_token_ids(tok: PreTrainedTokenizerBase, word: str, vocab: Sequence[str] | None = None) -> list[int]:
@@ -261,6 +271,19 @@ def nll_offsets(row_ids: Sequence[Any], stride: int) -> np.ndarray:
     return np.array([zlib.crc32(str(r).encode()) % stride for r in row_ids], dtype=np.int64)
 
 
+def _base_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages], rows: pd.DataFrame,
+              grouped: bool, batch_size: int, max_length: int | None, precision: str, nll_stride: int) -> str:
+    """Everything a c = 0 result depends on: the model's whole state (adapters attached included), the tokenizer
+    and its chat template, the exact prompts, answers, row ids and dilemma groups (batching, NLL offsets), and the
+    settings. Two calls with the same key run the same forwards on the same batches."""
+    h = hashlib.sha256(tensors_sha256(sorted(model.state_dict().items())).encode())
+    h.update(json.dumps([str(model.device), tok.name_or_path, len(tok), tok.chat_template, convs,
+                         list(rows["choice_pos"]), list(rows["choice_neg"]), [str(r) for r in rows["row_id"]],
+                         [str(g) for g in rows["dilemma_id"]] if grouped else None, batch_size, max_length,
+                         resolve(precision, model.device), nll_stride], default=str).encode())
+    return h.hexdigest()
+
+
 def score(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -275,6 +298,7 @@ def score(
     precision: str = "auto",
     nll_stride: int = NLL_STRIDE,
     share_prefix: bool = True,
+    reuse_base: bool = True,
 ) -> pd.DataFrame:
     """The ScoreTable: one row per (coeff, question) with logratio, pmass, nll and every label column.
 
@@ -282,7 +306,8 @@ def score(
     `precision` (auto | fp32 | bf16, see `innerpissa.precision`); prompts longer than `max_length` tokens
     are left-truncated (flagged in `truncated`). `share_prefix`: the rows of one dilemma run their common
     token prefix once (`shared_forward_scores`: the same numbers up to float rounding, ~0.6x the tokens on
-    DailyDilemmas); False runs every row whole.
+    DailyDilemmas); False runs every row whole. `reuse_base`: c = 0 of an `exact_at_zero` steerer comes from this
+    process's earlier identical base forwards when there were any (see the module docstring).
     """
     if nll_stride < 1:
         raise ValueError(f"nll_stride must be >= 1 (1 = NLL at every token), got {nll_stride}")
@@ -303,20 +328,32 @@ def score(
     bar = tqdm(total=len(coeffs) * len(rows), desc=f"score {evalset.name}", unit="q", disable=not progress)
     for c in coeffs:
         convs = [steerer.messages(m, float(c)) for m in rows["messages"]]
-        res = {k: np.full(len(rows), np.nan) for k in ("lp_pos", "lp_neg", "nll")}
-        if grouped:
-            batches, lengths = make_prefix_batches(tok, convs, rows["dilemma_id"], batch_size, max_length)
+        key = (_base_key(model, tok, convs, rows, grouped, batch_size, max_length, precision, nll_stride)
+               if c == 0 and reuse_base and getattr(steerer, "exact_at_zero", False) else None)
+        if key in _BASE_ROWS:
+            _BASE_ROWS.move_to_end(key)
+            stored, lengths = _BASE_ROWS[key]
+            res = {k: v.copy() for k, v in stored.items()}
+            bar.update(len(rows))
         else:
-            batches, lengths = make_batches(tok, convs, batch_size, max_length)
+            res = {k: np.full(len(rows), np.nan) for k in ("lp_pos", "lp_neg", "nll")}
+            if grouped:
+                batches, lengths = make_prefix_batches(tok, convs, rows["dilemma_id"], batch_size, max_length)
+            else:
+                batches, lengths = make_batches(tok, convs, batch_size, max_length)
+            forward = shared_forward_scores if grouped else forward_scores
+            with steerer.steer(model, float(c)), autocast(precision, model.device):
+                for idx, batch in batches:
+                    got = forward(model, batch, [ids[w] for w in rows["choice_pos"].iloc[idx]],
+                                  [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride, offsets[idx])
+                    for k, v in got.items():
+                        res[k][idx] = v.double().numpy()
+                    bar.update(len(idx))
+            if key is not None:
+                _BASE_ROWS[key] = ({k: v.copy() for k, v in res.items()}, lengths)
+                while len(_BASE_ROWS) > BASE_CACHE_SIZE:
+                    _BASE_ROWS.popitem(last=False)
         truncated = lengths > max_length if max_length is not None else np.zeros(len(rows), dtype=bool)
-        forward = shared_forward_scores if grouped else forward_scores
-        with steerer.steer(model, float(c)), autocast(precision, model.device):
-            for idx, batch in batches:
-                got = forward(model, batch, [ids[w] for w in rows["choice_pos"].iloc[idx]],
-                              [ids[w] for w in rows["choice_neg"].iloc[idx]], nll_stride, offsets[idx])
-                for k, v in got.items():
-                    res[k][idx] = v.double().numpy()
-                bar.update(len(idx))
         pmass = np.exp(res["lp_pos"]) + np.exp(res["lp_neg"])
         logratio = np.where(pmass >= pmass_min, res["lp_pos"] - res["lp_neg"], np.nan)
         frames.append(pd.DataFrame({

@@ -122,6 +122,7 @@ class AdditionSteerer(TensorSteerer):
     """
 
     name = "addition"
+    exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
 
     def __init__(
         self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,

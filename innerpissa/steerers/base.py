@@ -2,7 +2,9 @@
 
 The evaluator only talks to this protocol: it asks a steerer to `fit` on contrastive pairs, then for
 each coefficient c it formats prompts through `messages(msgs, c)` (identity except for prompting
-baselines) and runs the model inside `with steerer.steer(model, c):`. c = 0 must be the base model.
+baselines) and runs the model inside `with steerer.steer(model, c):`. c = 0 must be the base model; a steerer
+whose c = 0 is the base model bit for bit may say so with `exact_at_zero = True`, and scoring then reuses the base
+model's c = 0 forwards (`eval.score`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ class InnerPiSSASteerer:
     """Fit = attach an InnerPiSSA adapter and train it with ReprPO; steer(c) sets the adapter coefficient."""
 
     name = "innerpissa"
+    exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
 
     def __init__(self, recipe: str | None = None, adapter: dict | None = None, loss: dict | None = None,
                  train: dict | None = None, model: str | None = None, concept: str | None = None) -> None:

@@ -169,6 +169,7 @@ class PeftSteerer:
     """LoRA-family adapter trained with ReprPO (same loss/training as InnerPiSSA); c scales its weight change."""
 
     name = "lora"
+    exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
     variant = "lora"
 
     def __init__(self, r: int = 8, alpha: float = 16.0, target_modules: tuple[str, ...] | list[str] = ("o_proj", "down_proj"),

@@ -49,6 +49,7 @@ class PromptSteerer:
     """Persona prompting at c = ±1 (no model change); `messages(msgs, c)` does the work."""
 
     name = "prompt"
+    exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
     discrete_coeffs = (-1.0, 0.0, 1.0)
 
     def __init__(self, variant: str = "persona", placement: str = "user") -> None:

@@ -64,6 +64,7 @@ class SSpaceSteerer(TensorSteerer):
     """Adds c·U_r U_rᵀ·mean(y⁺ − y⁻) to each targeted linear module's output (see module docstring)."""
 
     name = "sspace"
+    exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
 
     def __init__(
         self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,
