@@ -12,6 +12,7 @@ Every file is written atomically (temp file + rename), config.json last.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import math
@@ -58,8 +59,10 @@ def model_state_sha256(model: PreTrainedModel, n: int = 16) -> str:
     return tensors_sha256(sorted(model.state_dict().items()))[:n]
 
 
+@functools.cache
 def code_version() -> dict[str, Any]:
-    """Package version, sha256 of its .py sources, and the git commit / dirty flag when in a checkout."""
+    """Package version, sha256 of its .py sources, and the git commit / dirty flag when in a checkout; taken once,
+    at import (below), so a long bench records the code it runs even when the files are edited meanwhile."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for p in sorted(root.rglob("*.py")):
@@ -73,6 +76,9 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         pass  # not a git checkout (installed package): the source hash still identifies the code
     return out
+
+
+code_version()
 
 
 def versions() -> dict[str, str | None]:
@@ -176,6 +182,6 @@ def evaluate_run(
                     "n_train_pairs": len(train_pairs) if train_pairs is not None else None},
         "datasets": {es.name: {"hash": es.content_hash(), "target_dim": es.target_dim, "n_rows": len(es), "info": es.info}
                      for es in sets},
-        "code": code_version(), "versions": versions(),
+        "code": dict(code_version()), "versions": versions(),
     }))
     return summary
