@@ -26,17 +26,28 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512/AMX, a
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (`flags` on x86, `Features` on ARM); empty where unreadable."""
+def _cpuinfo(keys: tuple[str, ...]) -> str:
+    """The value of the first /proc/cpuinfo line whose key is in `keys`; empty where unreadable or absent."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (`flags` on x86, `Features` on ARM); empty where unreadable."""
+    return frozenset(_cpuinfo(("flags", "Features")).split())
+
+
+def cpu_record() -> dict[str, object]:
+    """The CPU model and its bf16 flags, for run records: AMX and AVX512-BF16 kernels round bf16 differently, so
+    the same run on two CPUs gives slightly different scores (bench/cpu_recheck.py measures how much)."""
+    return {"model": _cpuinfo(("model name", "Model")) or None, "bf16_flags": sorted(BF16_FLAGS & cpu_flags())}
 
 
 def cpu_has_bf16(flags: frozenset[str] | None = None) -> bool:

@@ -39,6 +39,7 @@ from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
+from ..precision import cpu_record
 from ..recipes import DEFAULT_RECIPE, get_recipe
 from ..models import DEFAULT_MODEL, load_model, tensors_sha256
 from ..eval.calibrate import Calibration, CalibratedSteerer, calibrate
@@ -432,7 +433,7 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
         eval_cfg = json.loads((out / "config.json").read_text())
         atomic_write_json(out / "config.json", {
             **eval_cfg, "run": cfg.model_dump(mode="json"), "run_hash": cfg.content_hash(), "fit": fit_info,
-            "host": platform.node(), "wall_seconds": round(time.perf_counter() - t0, 3),
+            "host": platform.node(), "cpu": cpu_record(), "wall_seconds": round(time.perf_counter() - t0, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
         atomic_write_text(out / "DONE", "")
