@@ -63,6 +63,13 @@ def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float]
     return [c for phase in (head, others, rest) for same_fit in zip(*phase, strict=True) for c in same_fit]
 
 
+def cpu_label(cpu: dict | None) -> str:
+    """'<model> (<bf16 flags>)' of a run record's CPU; 'not recorded' for runs made before CPU records."""
+    if not cpu:
+        return "not recorded"
+    return f"{cpu.get('model') or 'model not recorded'} ({'+'.join(cpu.get('bf16_flags') or []) or 'no bf16 flags'})"
+
+
 def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets: list[str], out: Path) -> dict[str, Any]:
     """quality.json's tables from the finished runs: per dataset × budget the powered rows, per dataset the audit."""
     done = [c.content_hash() for c in cfgs if (run_dir(c, root) / "DONE").is_file()]
@@ -119,9 +126,11 @@ def main() -> None:
     t0 = time.perf_counter()
 
     def report(failed: list[dict]) -> None:
-        n_done = sum((run_dir(c, args.root) / "DONE").is_file() for c in cfgs)
-        compute = sum(json.loads((run_dir(c, args.root) / "config.json").read_text()).get("wall_seconds", 0.0)
-                      for c in cfgs if (run_dir(c, args.root) / "DONE").is_file())
+        records = [json.loads((run_dir(c, args.root) / "config.json").read_text())
+                   for c in cfgs if (run_dir(c, args.root) / "DONE").is_file()]
+        n_done, compute = len(records), sum(r.get("wall_seconds", 0.0) for r in records)
+        # bf16 kernels round differently per CPU (bench/cpu_recheck.py): say which CPUs the runs came from
+        cpus = pd.Series([cpu_label(r.get("cpu")) for r in records]).value_counts()
         write(args.name, _clean({
             "model": args.model, "kl_budgets": budgets, "kl_stat": "mean",
             "sizes": {"methods": args.methods, "seeds": args.seeds, "random_seeds": args.random_seeds,
@@ -129,6 +138,7 @@ def main() -> None:
                       "n_pairs": args.n_pairs, "coeffs_budget_units": [-1, 0, 1]},
             "complete": n_done == len(cfgs), "n_runs_done": n_done, "n_runs_planned": len(cfgs),
             "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1), "compute_s_done_runs": round(compute, 1),
+            "runs_per_cpu": {str(k): int(v) for k, v in cpus.items()},
             "failed": failed, **aggregate(cfgs, args.root, budgets, datasets, args.out)}))
 
     failed = [] if args.aggregate_only else run_units(cfgs, args.root, args.max_hours, report,

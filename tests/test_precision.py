@@ -33,6 +33,22 @@ def _ids() -> torch.Tensor:
     return torch.randint(3, 1000, (3, 20), generator=torch.Generator().manual_seed(0))
 
 
+def test_cpu_record_reads_model_and_bf16_flags_from_cpuinfo(monkeypatch, tmp_path) -> None:
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\n"
+                    "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n\nprocessor\t: 1\n")
+    real_path = P.Path
+    monkeypatch.setattr(P, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
+    P._cpuinfo.cache_clear()
+    try:
+        assert P.cpu_record() == {"model": "Intel(R) Xeon(R) Platinum 8488C", "bf16_flags": ["amx_bf16", "avx512_bf16"]}
+        fake.write_text("Features\t: fp asimd\n")  # an ARM core without bf16 and without a model line
+        P._cpuinfo.cache_clear()
+        assert P.cpu_record() == {"model": None, "bf16_flags": []}
+    finally:
+        P._cpuinfo.cache_clear()
+
+
 def test_auto_follows_cpu_flags_and_env(monkeypatch) -> None:
     monkeypatch.delenv(P.ENV, raising=False)
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
