@@ -49,18 +49,27 @@ SAMPLES = 8  # steered generations (c = -1, 0, +1) per run, in samples.json and 
 
 def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float], datasets: list[str], model: str,
          eval_limit: int | None, n_pairs: int | None, pmass_min: float) -> list[RunConfig]:
-    """Every run, in the order that answers the main question first: InnerPiSSA seed 0 and its first null (3 random
-    seeds); then seed 0 of every other method; then the other seeds and the rest of the null. Each fit's runs at the
-    budgets (gentle, then strong) are adjacent, so a fit is made once even when a session ends between runs."""
+    """Every run, in the order that answers the main questions first: InnerPiSSA seed 0 and its first null (3 random
+    seeds); seed 0 of every baseline; the seeds of InnerPiSSA and of the output-level rivals (issue 12's question);
+    the other recipes; the other seeds; the rest of the null. Each fit's runs at the budgets (gentle, then strong)
+    are adjacent, so a fit is made once even when a session ends between runs."""
     def cfgs(ms: list[str], n: int, kl: float) -> list[RunConfig]:
         return compare_configs(ms, n, model, "honesty", datasets, [-1.0, 0.0, 1.0], eval_limit, "report",
                                samples=SAMPLES, n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
 
-    per_budget = [(cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)) for kl in budgets]
-    head = [[c for c in main if c.seed == 0][:1] + [c for c in rnd if c.seed < 3] for main, rnd in per_budget]
-    others = [[c for c in main if c.seed == 0][1:] for main, _ in per_budget]
-    rest = [[c for c in main if c.seed > 0] + [c for c in rnd if c.seed >= 3] for main, rnd in per_budget]
-    return [c for phase in (head, others, rest) for same_fit in zip(*phase, strict=True) for c in same_fit]
+    def phase(c: RunConfig) -> int:
+        alt_recipe = c.method == "innerpissa" and c.params.get("recipe", "antipasto") != "antipasto"
+        if c.seed == 0:
+            return 3 if alt_recipe else 1
+        return 2 if c.method in ("innerpissa", "bipo", "dpo_lora") and not alt_recipe else 4
+
+    per_budget = []
+    for kl in budgets:
+        main, rnd = cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)
+        head = [c for c in main if c.seed == 0][:1] + [c for c in rnd if c.seed < 3]
+        rest = sorted((c for c in main if c not in head), key=phase)  # stable: method order within a phase
+        per_budget.append(head + rest + [c for c in rnd if c.seed >= 3])
+    return [c for same_fit in zip(*per_budget, strict=True) for c in same_fit]
 
 
 def cpu_label(cpu: dict | None) -> str:
