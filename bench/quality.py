@@ -104,7 +104,10 @@ def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets:
             n_dilemmas[ds] = max(n_dilemmas.get(ds, 0), int(pd.to_numeric(stats.get("n_dilemmas"), errors="coerce").max()))
             atomic_write_text(out / f"powered_{ds}_kl{kl:g}.md", to_markdown(shown) + "\n")
         corr = audit_correlations(coll[coll["dataset"] == ds], ds).attrs["stats"].set_index("metric")
-        per_method = {r["method"]: r["audit"] for rows in tables[ds].values() for r in rows}
+        per_method: dict[str, dict[str, Any]] = {}  # method → budget → the references' metrics at that budget
+        for kl, rows in tables[ds].items():
+            for r in rows:
+                per_method.setdefault(r["method"], {})[kl] = r["audit"]
         audit[ds] = {"per_method": per_method, "corr_with_raw_shift": corr["corr_with_raw_shift"].to_dict(),
                      "corr_with_abs_raw_shift": corr["corr_with_abs_raw_shift"].to_dict(),
                      "corr_with_effect": corr["corr_with_effect"].to_dict(), "n_runs": corr["n_runs"].to_dict()}
