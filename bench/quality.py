@@ -51,8 +51,9 @@ def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float]
          eval_limit: int | None, n_pairs: int | None, pmass_min: float) -> list[RunConfig]:
     """Every run, in the order that answers the main questions first: InnerPiSSA seed 0 and its first null (3 random
     seeds); seed 0 of every baseline; the seeds of InnerPiSSA and of the output-level rivals (issue 12's question);
-    the other recipes; the other seeds; the rest of the null. Each fit's runs at the budgets (gentle, then strong)
-    are adjacent, so a fit is made once even when a session ends between runs."""
+    the rest of the null (every "beats random" verdict needs it, and a run without a fit is the cheapest); the other
+    recipes; the other seeds. Each fit's runs at the budgets (gentle, then strong) are adjacent, so a fit is made
+    once even when a session ends between runs."""
     def cfgs(ms: list[str], n: int, kl: float) -> list[RunConfig]:
         return compare_configs(ms, n, model, "honesty", datasets, [-1.0, 0.0, 1.0], eval_limit, "report",
                                samples=SAMPLES, n_pairs=n_pairs, kl=[kl], pmass_min=pmass_min)
@@ -68,7 +69,8 @@ def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float]
         main, rnd = cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)
         head = [c for c in main if c.seed == 0][:1] + [c for c in rnd if c.seed < 3]
         rest = sorted((c for c in main if c not in head), key=phase)  # stable: method order within a phase
-        per_budget.append(head + rest + [c for c in rnd if c.seed >= 3])
+        null = [c for c in rnd if c.seed >= 3]
+        per_budget.append(head + [c for c in rest if phase(c) <= 2] + null + [c for c in rest if phase(c) > 2])
     return [c for same_fit in zip(*per_budget, strict=True) for c in same_fit]
 
 
