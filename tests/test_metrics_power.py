@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from innerpissa.eval.metrics import (paired_difference, pooled_effect, ref_logscore, selectivity, signed_test,
                                      steering_f1)
@@ -160,6 +161,19 @@ def test_powered_rows_pool_seeds_and_pair_against_the_reference():
     # both positive controls are the seed means: random seeds 0, 1, 2 -> r 0.1, probe 2.0
     assert rows["random"]["positive_control"] == pytest.approx({"r": 0.1, "probe": 2.0})
     assert shown.loc["innerpissa", "control r / probe"] == "0.050 / 1.500"
+    # the null band: the 3 random seeds' own effects, mean ± t(0.975, 2) · sd · sqrt(1 + 1/3), by hand
+    own = np.array([pooled_effect([g], "Value/honesty")["effect"]
+                    for _, g in scores[scores["run_hash"].str.startswith("random")].groupby("run_hash")])
+    half = stats.t.ppf(0.975, 2) * own.std(ddof=1) * np.sqrt(1 + 1 / 3)
+    assert (st.loc["random", "null_lo"], st.loc["random", "null_hi"]) == pytest.approx((own.mean() - half, own.mean() + half))
+    assert st.loc["innerpissa", "vs_null"] == "above" and st.loc["random", "vs_null"] == "(the null)"
+    assert rows["innerpissa"]["vs_random_null"]["verdict"] == "above" and rows["innerpissa"]["vs_random_null"]["null_n"] == 3
+    assert shown.loc["random", "vs random null (95% PI)"].startswith("(the null: ")
+    # shifted into the band, the same method reads "inside"; far below it, "below"
+    for shift, verdict in ((0.0, "inside"), (-0.5, "below")):
+        c2, s2 = _runs({"innerpissa": [base + shift + 0.5 * half * (-1) ** k for k in range(2)],
+                        "random": [base + rng.normal(0, 0.02, 30) for _ in range(3)]})
+        assert powered_rows(c2, s2, "dd-honesty", n_boot=50).set_index("label").loc["innerpissa", "vs_null"] == verdict
 
 
 def test_audit_correlations_across_runs():

@@ -328,11 +328,14 @@ def _run_tables(scores: pd.DataFrame, runs: pd.DataFrame, dataset: str) -> list[
 
 
 def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str = "innerpissa",
-                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                 n_boot: int = 1000, seed: int = 0, null: str = "random") -> pd.DataFrame:
     """Per method label on `dataset`: the effect pooled over its seeds (`eval.metrics.pooled_effect`: dilemma ×
     seed bootstrap), the paired difference to `reference` on the same dilemmas (`paired_difference`; a method
-    "beats" another only when that CI excludes 0), and seed means of kl/coefficients, action bias, selectivity
-    and the audit metrics from the runs' summaries. One row per label (numbers only)."""
+    "beats" another only when that CI excludes 0), where the effect falls against the `null` method's seeds
+    (`null_lo`/`null_hi`: the 95% prediction interval of one more random direction, `eval.control.null_band`;
+    conservative for a method pooled over several seeds), and seed means of kl/coefficients, action bias,
+    selectivity and the audit metrics from the runs' summaries. One row per label (numbers only)."""
+    from ..eval.control import null_band
     from ..eval.metrics import paired_difference, pooled_effect
 
     runs = _select(collected, dataset, presets=False)
@@ -340,6 +343,7 @@ def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, re
     dim = target_dim(collected, dataset)
     tabs = {lab: _run_tables(scores, runs[runs["label"] == lab], dataset) for lab in order_labels(list(runs["label"].unique()))}
     ref = tabs.get(reference) or []
+    band = null_band([pooled_effect([t], dim, 0)["effect"] for t in tabs.get(null) or []])
     rows = []
     for label, t in tabs.items():
         g = runs[runs["label"] == label]
@@ -354,20 +358,27 @@ def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, re
         if t and ref and label != reference:
             d = paired_difference(t, ref, dim, n_boot, seed)
             row.update(vs_ref_diff=d["diff"], vs_ref_ci_low=d["ci_low"], vs_ref_ci_high=d["ci_high"], vs_ref_p=d["p"])
+        eff, n_lo, n_hi = row.get("effect", np.nan), band["null_lo"], band["null_hi"]
+        row.update(null_lo=n_lo, null_hi=n_hi, null_n=band["null_n"], vs_null=(
+            "(the null)" if row["method"] == null else "–" if not (np.isfinite(eff) and np.isfinite(n_lo)) else
+            "above" if eff > n_hi else "below" if eff < n_lo else "inside"))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def powered_table(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str = "innerpissa",
-                  n_boot: int = 1000) -> pd.DataFrame:
+                  n_boot: int = 1000, null: str = "random") -> pd.DataFrame:
     """Display frame of `powered_rows` (numbers in attrs['stats']): effect [CI] pooled over seeds, the paired
-    difference to `reference` [CI] and whether it excludes 0, KL/coefficients, action bias, selectivity."""
-    st = powered_rows(collected, scores, dataset, reference, n_boot)
+    difference to `reference` [CI] and whether it excludes 0, whether the effect is above, inside or below the
+    `null` band, KL/coefficients, action bias, selectivity."""
+    st = powered_rows(collected, scores, dataset, reference, n_boot, null=null)
     get = lambda r, k: r.get(k, np.nan)  # noqa: E731
     rows = []
     for _, r in st.iterrows():
         lo, hi = get(r, "vs_ref_ci_low"), get(r, "vs_ref_ci_high")
         verdict = "–" if not np.isfinite(lo) else ("beats" if lo > 0 else "loses to" if hi < 0 else "no difference from")
+        vs_null = (f"(the null: {_num(r['null_lo'])} … {_num(r['null_hi'])}, {int(r['null_n'])} seeds)"
+                   if r["vs_null"] == "(the null)" else r["vs_null"])
         rows.append({
             "Method": r["label"], "seeds": r["n_seeds"],
             "KL budget": "raw c" if not np.isfinite(get(r, "kl_budget")) else f"{r['kl_budget']:g}",
@@ -377,6 +388,7 @@ def powered_table(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, r
             f"minus {reference} [paired 95% CI]": "(reference)" if r["label"] == reference else
             f"{_num(get(r, 'vs_ref_diff'))} [{_num(lo)}, {_num(hi)}]",
             f"vs {reference}": verdict if r["label"] != reference else "–",
+            f"vs {null} null (95% PI)": vs_null,
             "action bias": _num(get(r, "action_bias")), "selectivity": _num(get(r, "selectivity")),
             "control r / probe": f"{_num(get(r, 'control_score'))} / {_num(get(r, 'control_probe_score'))}",
         })
@@ -413,7 +425,8 @@ def audit_correlations(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
 def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dict]:
     """`powered_rows` as the bench's JSON rows: {method, kl, kl_pos, kl_neg, coeff_pos, coeff_neg, n_seeds, effect,
     ci_low, ci_high, action_bias, selectivity, paired_vs_<reference>: {diff, ci_low, ci_high} or None,
-    positive_control: {r, probe} (seed means of the token-level and hidden-state controls),
+    vs_random_null: {verdict (above / inside / below), null_lo, null_hi, null_n} (the random seeds' 95%
+    prediction interval), positive_control: {r, probe} (seed means of the token-level and hidden-state controls),
     audit: {ref_logscore, ref_logscore_abs_t, steering_f1}}; NaN becomes None."""
     def num(r: pd.Series, k: str) -> float | None:
         v = r.get(k, np.nan)
@@ -427,6 +440,8 @@ def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dic
                      **{k: num(r, k) for k in ("effect", "ci_low", "ci_high", "action_bias", "selectivity")},
                      f"paired_vs_{reference}": None if diff is None else
                      {"diff": diff, "ci_low": num(r, "vs_ref_ci_low"), "ci_high": num(r, "vs_ref_ci_high")},
+                     "vs_random_null": {"verdict": r["vs_null"], "null_lo": num(r, "null_lo"),
+                                        "null_hi": num(r, "null_hi"), "null_n": int(r["null_n"])},
                      "positive_control": {"r": num(r, "control_score"), "probe": num(r, "control_probe_score")},
                      "audit": {k: num(r, k) for k in AUDIT_METRICS}})
     return rows
