@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
+
+from innerpissa.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- quality-tables -->", "<!-- /quality-tables -->"
@@ -31,9 +34,11 @@ def main() -> None:
     args = ap.parse_args()
     text = args.readme.read_text()
     if text.count(START) != 1 or text.count(END) != 1:
-        raise SystemExit(f"error: {args.readme} needs exactly one {START} and one {END} marker; add them where the tables go")
+        print(f"error: {args.readme} needs exactly one {START} and one {END} marker; add them where the tables go",
+              file=sys.stderr)
+        sys.exit(2)
     block = f"{START}\n{render(args.json, args.tables)}\n{END}"
-    args.readme.write_text(re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    atomic_write_text(args.readme, re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
 
 
 if __name__ == "__main__":
