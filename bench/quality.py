@@ -1,4 +1,4 @@
-"""The powered Table 1 on SmolLM2-135M (issue 9 §3) -> bench/results/quality.json and results/quality/*.md|csv.
+"""The powered Table 1 on SmolLM2-135M (issue 9 §3) -> bench/results/quality.json and results/quality/*.md|png.
 
 Every method is fit on the same honesty pairs, calibrated per sign to each KL budget (`eval.calibrate`: the c at
 which the mean token KL(base || steered) on held-out neutral prompts equals the budget, so "±1" is the same cost to
@@ -29,6 +29,7 @@ from common import run_units, write  # noqa: E402
 from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
 from innerpissa.experiments.compare import compare_configs, kl_budget  # noqa: E402
 from innerpissa.experiments.evaluate import _clean  # noqa: E402
+from innerpissa.experiments.figures import powered_forest  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 from innerpissa.experiments.tables import audit_correlations, powered_table, quality_rows, to_markdown  # noqa: E402
 from innerpissa.io import atomic_write_text  # noqa: E402
@@ -95,16 +96,18 @@ def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets:
     for ds in datasets:
         if ds not in set(coll["dataset"]):
             continue
-        tables[ds] = {}
+        tables[ds], forest = {}, {}
         for kl in budgets:
             runs = coll[kl_budget(coll) == kl]
             if ds not in set(runs["dataset"]):
                 continue
             shown = powered_table(runs, scores, ds)
             stats = shown.attrs["stats"]
-            tables[ds][f"{kl:g}"] = quality_rows(stats)
+            tables[ds][f"{kl:g}"], forest[f"{kl:g}"] = quality_rows(stats), stats
             n_dilemmas[ds] = max(n_dilemmas.get(ds, 0), int(pd.to_numeric(stats.get("n_dilemmas"), errors="coerce").max()))
             atomic_write_text(out / f"powered_{ds}_kl{kl:g}.md", to_markdown(shown) + "\n")
+        unit = "questions" if ds.startswith("truthfulqa") else "dilemmas"
+        powered_forest(forest, out / f"powered_{ds}.png", f"{ds}: {n_dilemmas[ds]} {unit}, effect against the random null")
         corr = audit_correlations(coll[coll["dataset"] == ds], ds).attrs["stats"].set_index("metric")
         per_method: dict[str, dict[str, Any]] = {}  # method → budget → the references' metrics at that budget
         for kl, rows in tables[ds].items():

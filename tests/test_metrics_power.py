@@ -189,3 +189,18 @@ def test_audit_correlations_across_runs():
     assert st.loc["ref_logscore", "corr_with_raw_shift"] == pytest.approx(1.0)
     assert st.loc["steering_f1", "corr_with_abs_raw_shift"] == pytest.approx(1.0)
     assert st.loc["ref_logscore", "n_runs"] == 5
+
+
+def test_powered_forest_draws_every_budget_and_names_missing_columns(tmp_path):
+    from innerpissa.experiments.figures import powered_forest
+    from innerpissa.experiments.tables import powered_rows
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.1, 1.0, 30)
+    collected, scores = _runs({"innerpissa": [base + 0.3], "random": [base + rng.normal(0, 0.02, 30) for _ in range(3)]})
+    st = powered_rows(collected, scores, "dd-honesty", n_boot=50)
+    out = powered_forest({"0.1": st, "0.3": st}, tmp_path / "f.png", "t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"budget 0.3 lacks \['null_hi', 'null_lo'\]"):
+        powered_forest({"0.1": st, "0.3": st.drop(columns=["null_lo", "null_hi"])}, tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists()

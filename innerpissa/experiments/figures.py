@@ -1,4 +1,5 @@
-"""Report figures (PNG, written atomically): Table-1 bar chart, dose-response, layer depth, side-effect heatmap.
+"""Report figures (PNG, written atomically): Table-1 bar chart, the powered Table 1 against its random null,
+dose-response, layer depth, side-effect heatmap.
 
 Figures are drawn on `matplotlib.figure.Figure` (no pyplot state, no GUI backend). Every plotted number
 carries its 95% CI (error bars or bands) and its n (seeds) in the legend or labels.
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_write
 
@@ -45,6 +47,39 @@ def bar_chart(table1_df: pd.DataFrame, path: Path) -> Path:
     fig.axes[0].invert_yaxis()
     fig.suptitle("n = seeds; hatched: one seed or identical seeds (the run's own CI; no bar = no CI)", fontsize=9)
     return _save(fig, path)
+
+
+def powered_forest(stats: dict[str, pd.DataFrame], path: Path, title: str = "") -> Path:
+    """One panel per KL budget: each method's effect pooled over seeds with its 95% CI, over the grey 95% prediction
+    interval of one random direction at that budget (the null), so "inside the null" is visible at a glance.
+
+    `stats` maps a budget label to `tables.powered_rows` output (columns label, n_seeds, effect, ci_low, ci_high,
+    null_lo, null_hi, null_n)."""
+    need = {"label", "n_seeds", "effect", "ci_low", "ci_high", "null_lo", "null_hi", "null_n"}
+    for budget, st in stats.items():
+        if missing := need - set(st.columns):
+            raise ValueError(f"powered_forest: budget {budget} lacks {sorted(missing)}; pass tables.powered_rows output")
+    n = max(len(st) for st in stats.values())
+    fig = Figure(figsize=(3.2 * len(stats) + 2.8, 0.32 * n + 2.2))
+    axes = np.atleast_1d(fig.subplots(1, len(stats), sharex=True))
+    for ax, (budget, st) in zip(axes, stats.items()):
+        y = np.arange(len(st))
+        lo, hi, k = st["null_lo"].iloc[0], st["null_hi"].iloc[0], st["null_n"].iloc[0]
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.axvspan(lo, hi, color="0.85", label=f"random null: 95% PI of one direction ({int(k)} seeds)")
+        ax.errorbar(st["effect"], y, xerr=_err(st["effect"], st["ci_low"], st["ci_high"]), fmt="o", color="tab:blue",
+                    capsize=3, label="effect pooled over seeds, 95% CI (units × seeds)")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, [f"{r.label} (n={r.n_seeds})" for r in st.itertuples()] if ax is axes[0] else [], fontsize=8)
+        ax.set_ylim(len(st) - 0.5, -0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.set(xlabel="effect per unit c (nats)", title=f"KL budget {budget}")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return Path(path)
 
 
 def dose_response_figure(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
