@@ -17,8 +17,8 @@ from matplotlib.ticker import MaxNLocator
 from ..io import atomic_write
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return Path(path)
 
@@ -59,27 +59,31 @@ def powered_forest(stats: dict[str, pd.DataFrame], path: Path, title: str = "") 
     for budget, st in stats.items():
         if missing := need - set(st.columns):
             raise ValueError(f"powered_forest: budget {budget} lacks {sorted(missing)}; pass tables.powered_rows output")
-    n = max(len(st) for st in stats.values())
-    fig = Figure(figsize=(3.2 * len(stats) + 2.8, 0.32 * n + 2.2))
-    axes = np.atleast_1d(fig.subplots(1, len(stats), sharex=True))
+    # one shared row per method, so a method missing at one budget leaves a gap instead of shifting the rows
+    labels = list(dict.fromkeys(lab for st in stats.values() for lab in st["label"]))
+    fig = Figure(figsize=(3.2 * len(stats) + 2.8, 0.32 * len(labels) + 2.2))
+    axes = np.atleast_1d(fig.subplots(1, len(stats), sharex=True, sharey=True))
+    y = np.arange(len(labels))
     for ax, (budget, st) in zip(axes, stats.items()):
-        y = np.arange(len(st))
         lo, hi, k = st["null_lo"].iloc[0], st["null_hi"].iloc[0], st["null_n"].iloc[0]
         if np.isfinite(lo) and np.isfinite(hi):
-            ax.axvspan(lo, hi, color="0.85", label=f"random null: 95% PI of one direction ({int(k)} seeds)")
-        ax.errorbar(st["effect"], y, xerr=_err(st["effect"], st["ci_low"], st["ci_high"]), fmt="o", color="tab:blue",
+            ax.axvspan(lo, hi, color="0.85", label="random null: 95% PI of one more random direction")
+        r = st.set_index("label").reindex(labels)
+        ax.errorbar(r["effect"], y, xerr=_err(r["effect"], r["ci_low"], r["ci_high"]), fmt="o", color="tab:blue",
                     capsize=3, label="effect pooled over seeds, 95% CI (units × seeds)")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(y, [f"{r.label} (n={r.n_seeds})" for r in st.itertuples()] if ax is axes[0] else [], fontsize=8)
-        ax.set_ylim(len(st) - 0.5, -0.5)
         ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.set(xlabel="effect per unit c (nats)", title=f"KL budget {budget}")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+        ax.set(xlabel="effect per unit c (nats)", title=f"KL budget {budget} (null: {k:g} random seeds)")
+    # seeds per budget; "2/3" when the budgets differ (a bench in progress), "–" where a budget lacks the method
+    seeds = pd.DataFrame({b: st.set_index("label")["n_seeds"] for b, st in stats.items()}).reindex(labels)
+    n_txt = ["/".join("–" if pd.isna(n) else str(int(n)) for n in row) if row.nunique(dropna=False) > 1 else str(int(row.iloc[0]))
+             for _, row in seeds.iterrows()]
+    axes[0].set_yticks(y, [f"{lab} (n={t})" for lab, t in zip(labels, n_txt)], fontsize=8)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    return Path(path)
+    return _save(fig, path, rect=(0, 0.07, 1, 1))
 
 
 def dose_response_figure(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
