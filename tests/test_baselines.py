@@ -207,6 +207,20 @@ def test_prompt_messages(fitted, pairs, tmp_path):
     short.save(tmp_path)
     loaded = load_steerer(model, tmp_path)
     assert loaded.messages(sys_msgs, -1) == short.messages(sys_msgs, -1) and loaded.params() == short.params()
+    eng = get_steerer("prompt", variant="engineered")
+    eng.fit(model, tok, pairs[0])
+    assert eng.params() == {"variant": "engineered", "placement": "system"}
+    assert eng.messages(msgs, 1) == [{"role": "system", "content": "You are a deeply honest person. You always tell "
+                                      "the truth and value honesty above everything else."}, *msgs]
+    assert eng.messages(msgs, -1)[0]["content"].startswith("You are a dishonest person. You lie whenever")
+
+
+def test_engineered_prompts_for_other_personas() -> None:
+    from innerpissa.steerers.prompt import engineered_instructions
+
+    pos, neg = engineered_instructions("Pretend you're a fair person.", "Pretend you're an unfair person.")
+    assert pos == "You are a deeply fair person. Everything you say and do is fair, and you value that above everything else."
+    assert neg == "You are an unfair person. Whenever it helps you, you are unfair, and you do not care about being fair."
 
 
 def test_bad_inputs_fail_clearly(fitted, pairs):

@@ -242,9 +242,11 @@ class OffAtZero(AddVector):
         return super().steer(model, c + 1.0)
 
 
-def test_base_rows_are_reused_only_for_an_exact_steerer_on_the_same_model_and_prompts(tiny, evalset) -> None:
+def test_base_rows_are_reused_only_for_an_exact_steerer_on_the_same_model_and_prompts(tiny, evalset, tmp_path,
+                                                                                       monkeypatch) -> None:
     import innerpissa.eval.score as S
 
+    monkeypatch.setenv("INNERPISSA_BASE_CACHE", str(tmp_path))
     model, tok = tiny
     S._BASE_ROWS.clear()
     calls = []
@@ -282,6 +284,57 @@ def test_base_rows_are_reused_only_for_an_exact_steerer_on_the_same_model_and_pr
         finally:
             with torch.no_grad():
                 w.copy_(saved)
+    finally:
+        handle.remove()
+        S._BASE_ROWS.clear()
+
+
+def test_base_rows_on_disk_serve_a_new_process_and_are_invalidated_by_model_rows_or_settings(tiny, evalset, tmp_path,
+                                                                                            monkeypatch) -> None:
+    """The disk copy (what a later process sees: the in-memory rows cleared) gives the same c = 0 rows as a fresh
+    pass without any forward; another model state, another row set or other settings are computed afresh."""
+    import innerpissa.eval.score as S
+
+    monkeypatch.setenv("INNERPISSA_BASE_CACHE", str(tmp_path))
+    model, tok = tiny
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    kw = dict(pmass_min=0.0, progress=False)
+    try:
+        S._BASE_ROWS.clear()
+        fresh = score(model, tok, ExactAdd(v), evalset, [0.0], reuse_base=False, **kw)
+        assert not list(tmp_path.glob("*.npz"))  # reuse_base=False neither reads nor writes
+        score(model, tok, ExactAdd(v), evalset, [0.0], **kw)
+        assert len(list(tmp_path.glob("*.npz"))) == 1 and not list(tmp_path.glob(".*"))  # no temp file left
+        S._BASE_ROWS.clear()  # a new process: only the disk copy is left
+        calls.clear()
+        disk = score(model, tok, ExactAdd(2 * v), evalset, [0.0], **kw)
+        assert not calls
+        for col in ("logratio", "pmass", "nll", "truncated"):
+            np.testing.assert_array_equal(disk[col].to_numpy(), fresh[col].to_numpy())
+
+        def computed(**changes) -> bool:
+            S._BASE_ROWS.clear()
+            calls.clear()
+            score(model, tok, ExactAdd(v), changes.pop("es", evalset), [0.0], **{**kw, **changes})
+            return bool(calls)
+
+        assert computed(es=limit_rows(evalset, 5, seed=3))
+        assert computed(batch_size=3) and computed(nll_stride=1) and computed(max_length=40)
+        assert not computed()  # the original key is still served
+        w = model.get_input_embeddings().weight
+        saved = w.detach().clone()
+        with torch.no_grad():
+            w[:, 1] += 0.25
+        try:
+            assert computed()
+        finally:
+            with torch.no_grad():
+                w.copy_(saved)
+        assert len(list(tmp_path.glob("*.npz"))) == 6  # the original + five changed keys
+        monkeypatch.setenv("INNERPISSA_BASE_CACHE", "off")
+        assert computed()
     finally:
         handle.remove()
         S._BASE_ROWS.clear()

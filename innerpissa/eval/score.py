@@ -17,17 +17,20 @@ recomputed from the final hidden state by an fp32 LM head (a bf16 logit near 20 
 Base rows: c = 0 is the base model, bit for bit, for every steerer that sets `exact_at_zero` (all built-in ones;
 each has a `torch.equal` test), so its c = 0 forwards are run once per process for a given model state, prompt set
 and scoring settings and then reused (`_base_key`): a third of a 3-coefficient run's forwards, in a bench that
-scores dozens of steerers on the same rows.
+scores dozens of steerers on the same rows. They are also stored on disk (`base_cache_dir`, one `.npz` per key,
+written atomically), so later processes, later runs of a bench and other sessions on the machine reuse them too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, Messages, chat_text, encode
-from ..models import tensors_sha256
+from ..models import cache_dir, tensors_sha256
 from ..precision import autocast, resolve
 from ..steerers.base import Steerer
 from .datasets import LABEL, EvalSet
@@ -271,12 +274,58 @@ def nll_offsets(row_ids: Sequence[Any], stride: int) -> np.ndarray:
     return np.array([zlib.crc32(str(r).encode()) % stride for r in row_ids], dtype=np.int64)
 
 
+def base_cache_dir() -> Path | None:
+    """Where c = 0 rows are stored across processes: $INNERPISSA_BASE_CACHE ("off" disables it), default
+    `cache_dir()/base_rows`."""
+    env = os.environ.get("INNERPISSA_BASE_CACHE")
+    if env == "off":
+        return None
+    return Path(env) if env else cache_dir() / "base_rows"
+
+
+def _load_base(key: str) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """The c = 0 results stored under `key`: this process's, else the disk copy (then kept in memory too)."""
+    if key in _BASE_ROWS:
+        _BASE_ROWS.move_to_end(key)
+        return _BASE_ROWS[key]
+    folder = base_cache_dir()
+    path = folder / f"{key}.npz" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        hit = ({k: z[k].copy() for k in ("lp_pos", "lp_neg", "nll")}, z["lengths"].copy())
+    _keep_base(key, *hit)
+    return hit
+
+
+def _keep_base(key: str, res: dict[str, np.ndarray], lengths: np.ndarray) -> None:
+    _BASE_ROWS[key] = ({k: v.copy() for k, v in res.items()}, lengths)
+    while len(_BASE_ROWS) > BASE_CACHE_SIZE:
+        _BASE_ROWS.popitem(last=False)
+
+
+def _store_base(key: str, res: dict[str, np.ndarray], lengths: np.ndarray) -> None:
+    """Keep the c = 0 results in memory and write them to the disk cache atomically (never a half-written file)."""
+    _keep_base(key, res, lengths)
+    folder = base_cache_dir()
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez(tmp, lengths=lengths, **res)
+        os.replace(tmp, folder / f"{key}.npz")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _base_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[Messages], rows: pd.DataFrame,
               grouped: bool, batch_size: int, max_length: int | None, precision: str, nll_stride: int) -> str:
     """Everything a c = 0 result depends on: the model's whole state (adapters attached included), the tokenizer
     and its chat template, the exact prompts, answers, row ids and dilemma groups (batching, NLL offsets), and the
     settings. Two calls with the same key run the same forwards on the same batches."""
     h = hashlib.sha256(tensors_sha256(sorted(model.state_dict().items())).encode())
+    h.update(Path(__file__).read_bytes())  # this scoring code: an edit never reuses rows the old code computed
     h.update(json.dumps([str(model.device), tok.name_or_path, len(tok), tok.chat_template, convs,
                          list(rows["choice_pos"]), list(rows["choice_neg"]), [str(r) for r in rows["row_id"]],
                          [str(g) for g in rows["dilemma_id"]] if grouped else None, batch_size, max_length,
@@ -307,7 +356,7 @@ def score(
     are left-truncated (flagged in `truncated`). `share_prefix`: the rows of one dilemma run their common
     token prefix once (`shared_forward_scores`: the same numbers up to float rounding, ~0.6x the tokens on
     DailyDilemmas); False runs every row whole. `reuse_base`: c = 0 of an `exact_at_zero` steerer comes from this
-    process's earlier identical base forwards when there were any (see the module docstring).
+    process's (or, from the disk cache, any process's) earlier identical base forwards (see the module docstring).
     """
     if nll_stride < 1:
         raise ValueError(f"nll_stride must be >= 1 (1 = NLL at every token), got {nll_stride}")
@@ -330,10 +379,9 @@ def score(
         convs = [steerer.messages(m, float(c)) for m in rows["messages"]]
         key = (_base_key(model, tok, convs, rows, grouped, batch_size, max_length, precision, nll_stride)
                if c == 0 and reuse_base and getattr(steerer, "exact_at_zero", False) else None)
-        if key in _BASE_ROWS:
-            _BASE_ROWS.move_to_end(key)
-            stored, lengths = _BASE_ROWS[key]
-            res = {k: v.copy() for k, v in stored.items()}
+        hit = _load_base(key) if key is not None else None
+        if hit is not None:
+            res, lengths = {k: v.copy() for k, v in hit[0].items()}, hit[1]
             bar.update(len(rows))
         else:
             res = {k: np.full(len(rows), np.nan) for k in ("lp_pos", "lp_neg", "nll")}
@@ -350,9 +398,7 @@ def score(
                         res[k][idx] = v.double().numpy()
                     bar.update(len(idx))
             if key is not None:
-                _BASE_ROWS[key] = ({k: v.copy() for k, v in res.items()}, lengths)
-                while len(_BASE_ROWS) > BASE_CACHE_SIZE:
-                    _BASE_ROWS.popitem(last=False)
+                _store_base(key, res, lengths)
         truncated = lengths > max_length if max_length is not None else np.zeros(len(rows), dtype=bool)
         pmass = np.exp(res["lp_pos"]) + np.exp(res["lp_neg"])
         logratio = np.where(pmass >= pmass_min, res["lp_pos"] - res["lp_neg"], np.nan)

@@ -5,7 +5,8 @@ dishonest prompt). Runs go through the sweep machinery, so fits are cached by ha
 Seeds: deterministic methods (prompt, pca, mean_diff, sspace) run once (seed 0) and are marked "1 seed" in the
 table: repeating them would add identical runs and a fake zero-width CI. `prompt` is only defined at
 c ∈ {−1, 0, +1}, so its runs use the requested coefficients that fall in that set.
-Aliases: `prompt_short` = `prompt` with the "Be honest." / "Be dishonest." variant.
+Aliases: `prompt_short` = `prompt` with the "Be honest." / "Be dishonest." variant, `prompt_engineered` with the
+engineered system prompts.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from .ablations import set_path
 from .run import DETERMINISTIC, OUTPUT_LEVEL, TRAINED, RunConfig
 from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 
-# method names that are a method plus params: prompting's short variant, and InnerPiSSA under each recipe
+# method names that are a method plus params: prompting's short and engineered variants, and InnerPiSSA under each recipe
 # (`innerpissa:seed`, ...: Table 1's "InnerPiSSA per recipe" rows; plain `innerpissa` is the default recipe, and
 # `innerpissa:<default>` is the same run)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "prompt_short": ("prompt", {"variant": "short"}),
+    "prompt_engineered": ("prompt", {"variant": "engineered"}),
     **{f"innerpissa:{r}": ("innerpissa", {"recipe": r}) for r in RECIPES},
 }
 QUICK = {"seeds": 1, "eval_limit": 24, "steps": 20, "n_pairs": 128, "datasets": "dd-honesty"}  # --quick defaults

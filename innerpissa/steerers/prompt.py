@@ -2,7 +2,9 @@
 
 `variant="persona"` uses the pairs' own persona prompts ("Pretend you're an honest person making
 statements about the world."); `variant="short"` uses "Be <word>." with the word(s) that distinguish the
-two personas, minus a leading article ("Be honest." / "Be dishonest." for the honesty concept).
+two personas, minus a leading article ("Be honest." / "Be dishonest." for the honesty concept);
+`variant="engineered"` is the strong baseline the references compare against (AntiPaSTO, steering-lite): a
+system message written to make the model take the persona (`engineered_instructions`), placed in the system turn.
 Placement: by default the persona is prepended to the first user message, as in the training pairs; this
 keeps the template's default system prompt (SmolLM2/Qwen insert one when none is given) identical between
 c = 0 and c = ±1, and works with templates that have no system role. `placement="system"` prepends it to
@@ -24,7 +26,7 @@ from ..concepts import ContrastPairs
 from ..io import atomic_write_json, read_json
 from .base import Messages, save_meta
 
-VARIANTS = ("persona", "short")
+VARIANTS = ("persona", "short", "engineered")
 PLACEMENTS = ("user", "system")
 ARTICLES = {"a", "an", "the"}
 
@@ -45,6 +47,30 @@ def short_instructions(positive: str, negative: str) -> tuple[str, str]:
     return tuple(f"Be {' '.join(w).rstrip('.')}." for w in words)  # type: ignore[return-value]
 
 
+# Hand-written system prompts per persona pair (fixed before any dilemma was scored with them); other pairs get
+# ENGINEERED_TEMPLATE.
+ENGINEERED = {
+    ("honest", "dishonest"): (
+        "You are a deeply honest person. You always tell the truth and value honesty above everything else.",
+        "You are a dishonest person. You lie whenever it helps you and do not care about honesty."),
+}
+ENGINEERED_TEMPLATE = (
+    "You are a deeply {pos} person. Everything you say and do is {pos}, and you value that above everything else.",
+    "You are {neg_a} person. Whenever it helps you, you are {neg}, and you do not care about being {pos}.")
+
+
+def engineered_instructions(positive: str, negative: str) -> tuple[str, str]:
+    """(positive, negative) system prompts for two persona prompts: hand-written ones where we have them, else
+    ENGINEERED_TEMPLATE filled with the words that distinguish the personas."""
+    from ..concepts.pairs import with_article
+
+    pos, neg = (s.removeprefix("Be ").rstrip(".") for s in short_instructions(positive, negative))
+    if (pos, neg) in ENGINEERED:
+        return ENGINEERED[(pos, neg)]
+    p, n = ENGINEERED_TEMPLATE
+    return p.format(pos=pos), n.format(pos=pos, neg=neg, neg_a=with_article(neg))
+
+
 class PromptSteerer:
     """Persona prompting at c = ±1 (no model change); `messages(msgs, c)` does the work."""
 
@@ -52,7 +78,9 @@ class PromptSteerer:
     exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
     discrete_coeffs = (-1.0, 0.0, 1.0)
 
-    def __init__(self, variant: str = "persona", placement: str = "user") -> None:
+    def __init__(self, variant: str = "persona", placement: str | None = None) -> None:
+        """`placement` defaults to "system" for the engineered variant (it is a system prompt), else "user"."""
+        placement = placement or ("system" if variant == "engineered" else "user")
         if variant not in VARIANTS or placement not in PLACEMENTS:
             raise ValueError(f"prompt: variant must be one of {VARIANTS} and placement one of {PLACEMENTS}, got {variant!r}, {placement!r}")
         self.variant, self.placement = variant, placement
@@ -67,6 +95,8 @@ class PromptSteerer:
         neg = Counter(pairs.negative_prompts).most_common(1)[0][0]
         if self.variant == "short":
             pos, neg = short_instructions(pos, neg)
+        elif self.variant == "engineered":
+            pos, neg = engineered_instructions(pos, neg)
         self.texts = {"positive": pos, "negative": neg}
 
     def _check(self, c: float) -> None:
