@@ -256,6 +256,27 @@ def test_one_sided_dim_is_not_estimable_and_no_side_column_is_pooled() -> None:
     assert e2["n_strata"] == 1
 
 
+@pytest.mark.parametrize("lose", ["drop", "blank", "drop, no dataset column"])
+def test_daily_dilemmas_table_without_sides_raises(lose) -> None:
+    """A DailyDilemmas table (known by its dataset name or its row ids) never falls back to the pooled slope, which
+    an action bias fakes; every metric that stratifies by side refuses it. A set without sides stays pooled."""
+    from innerpissa.eval.metrics import pooled_effect, ref_logscore, steering_f1
+
+    t = sided(12, 4, lambda side, lab, c, rng: 0.4 * (1 if side == "to_do" else -1) * c).assign(dataset="dd-honesty")
+    t["row_id"] = "dd-" + t["row_id"]
+    lost = {"drop": t.drop(columns="side"), "blank": t.assign(side=""),
+            "drop, no dataset column": t.drop(columns=["side", "dataset"])}[lose]
+    for metric in (lambda x: effects_by_dim(x, n_boot=10), lambda x: summarize(x, "t", n_boot=10),
+                   lambda x: dose_response(x, "t", n_boot=10), lambda x: pooled_effect([x], "t", n_boot=10),
+                   lambda x: action_bias(x, "t", n_boot=10), lambda x: ref_logscore(x, "t"), lambda x: steering_f1(x, "t")):
+        with pytest.raises(ValueError, match="DailyDilemmas score table has .* 'side' column"):
+            metric(lost)
+    assert effects_by_dim(t, n_boot=10).set_index("dim").loc["t", "effect"] == pytest.approx(0.0, abs=1e-12)
+    generic = t.drop(columns="side").assign(dataset="my_questions", row_id=t["row_id"].str[3:])
+    e = effects_by_dim(generic, n_boot=10).set_index("dim").loc["t"]  # no sides: one stratum, the pooled slope
+    assert e["n_strata"] == 1 and e["effect"] == pytest.approx(0.4 * (12 - 4) / 16)
+
+
 def test_stratified_bootstrap_se_matches_the_analytic_se() -> None:
     """Two strata of independent dilemmas with known per-dilemma slope noise σ: the stratified se of the
     mean of the two stratum slopes is ½·sqrt(σ²/n₁ + σ²/n₂) (Var of a mean of independent slopes)."""

@@ -21,10 +21,12 @@ from innerpissa.experiments.tables import against_the_grain, ideas_that_failed, 
 N_DILEMMAS = 20
 E = np.linspace(-0.3, 0.3, N_DILEMMAS) ** 2 - 0.03  # per-dilemma deviation of the c = -1 shift (known)
 T2 = stats.t.ppf(0.975, 2)
+SIDES = ("to_do", "not_to_do")
 
 
 def scores_frame(method: str, seed: int, beta: float, e_scale: float, nan_row: int | None = None) -> pd.DataFrame:
-    """ScoreTable with label-signed slope `beta` per unit c; the c = -1 shift of dilemma k is -beta + e_scale*E[k]."""
+    """ScoreTable with label-signed slope `beta` per unit c; the c = -1 shift of dilemma k is -beta + e_scale*E[k].
+    On dd-honesty the +1 label sits on the to_do side in even dilemmas and on not_to_do in odd ones."""
     rows = []
     for ds in ("dd-honesty", "truthfulqa"):
         for k in range(N_DILEMMAS):
@@ -33,11 +35,12 @@ def scores_frame(method: str, seed: int, beta: float, e_scale: float, nan_row: i
                 for c in (-1.0, 0.0, 1.0):
                     lr = lab * beta * c + 0.1 * rid + (lab * e_scale * E[k] if c == -1.0 else 0.0)
                     rows.append({"method": method, "seed": seed, "coeff": c, "dataset": ds, "row_id": f"r{rid}",
-                                 "dilemma_id": f"d{k}", "logratio": np.nan if (rid == nan_row and c == -1.0) else lr,
+                                 "dilemma_id": f"d{k}", "side": SIDES[a ^ k % 2] if ds == "dd-honesty" else "",
+                                 "logratio": np.nan if (rid == nan_row and c == -1.0) else lr,
                                  "pmass": 0.7, "nll": 2.0 + 0.1 * c * c, "truncated": False,
                                  "label:Value/honesty": lab if ds == "dd-honesty" else np.nan,
                                  "label:truthfulqa/true": lab if ds == "truthfulqa" else np.nan,
-                                 "label:MFT/Fairness": (-lab if k % 2 else np.nan) if ds == "dd-honesty" else np.nan})
+                                 "label:MFT/Fairness": (-lab if k % 3 else np.nan) if ds == "dd-honesty" else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -204,6 +207,70 @@ def test_dose_curves_and_side_effects_average_seeds(root, collected):
     c = np.repeat([-1.0, 0.0, 1.0], 2 * N_DILEMMAS)
     y = np.concatenate([-0.6 + base + np.repeat(E, 2), base, 0.6 + base])
     assert eff.loc[("innerpissa", "Value/honesty"), "effect"] == pytest.approx(np.polyfit(c, y, 1)[0])
+
+
+def biased_scores(seed: int, beta: float, alpha: float = 0.4, n_todo: int = 12, n_not: int = 4) -> pd.DataFrame:
+    """dd-honesty rows whose honesty +1 label sits on to_do in `n_todo` dilemmas and on not_to_do in `n_not`:
+    logratio = beta·label·c + alpha·(±1 by side)·c (an action bias) + an intercept + seed noise·c². The noise
+    moves each seed's dose-response but no slope (c² is orthogonal to c on -1, 0, 1), so each run's
+    side-balanced effect is exactly beta while the pooled slope is beta + alpha·(n_todo − n_not)/(n_todo + n_not)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_todo + n_not):
+        for a, side in enumerate(SIDES):
+            lab = 1.0 if (side == "to_do") == (k < n_todo) else -1.0
+            noise = rng.normal(0, 0.3)
+            for c in (-1.0, 0.0, 1.0):
+                lr = beta * lab * c + alpha * (1.0 if side == "to_do" else -1.0) * c + 0.05 * k + noise * c * c
+                rows.append({"method": "m", "seed": seed, "coeff": c, "dataset": "dd-honesty", "row_id": f"dd-{k}-{side}",
+                             "dilemma_id": str(k), "side": side, "logratio": lr, "pmass": 0.8, "nll": 2.0 + 0.1 * c * c,
+                             "truncated": False, "label:Value/honesty": lab,
+                             "label:MFT/Fairness": (lab if k % 3 else -lab) if k % 4 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_figures_equal_tables_for_the_same_runs(tmp_path):
+    """Figures 1 and 3 come from seed-averaged scores, Table 1 and the paired table from each run's own metrics:
+    on the same runs (under an action bias that the pooled estimate would take for honesty) they agree, and the
+    effect is the hand-computed side-balanced one, not the pooled one."""
+    from innerpissa.eval.metrics import dose_response, effects_by_dim, summarize
+    from innerpissa.experiments.report import _scores_mean_over_seeds
+    from innerpissa.experiments.tables import powered_table
+
+    betas = {"innerpissa": [0.1, 0.2, 0.35], "prompt": [0.05]}
+    own_curves, own_effects = [], []
+    for method, bs in betas.items():
+        for seed, beta in enumerate(bs):
+            d = tmp_path / "runs" / f"{method}{seed}"
+            d.mkdir(parents=True)
+            run = {"model": "smollm2-135m", "concept": "honesty", "method": method, "params": {}, "seed": seed,
+                   "preset": None, "datasets": ["dd-honesty"], "coeffs": [-1.0, 0.0, 1.0]}
+            (d / "config.json").write_text(json.dumps({"run": run, "run_hash": d.name}))
+            t = biased_scores(seed, beta).assign(method=method)
+            t.to_parquet(d / "scores.parquet")
+            eff = effects_by_dim(t, n_boot=20)
+            summ = summarize(t, "Value/honesty", n_boot=20, effects=eff)
+            assert summ["effect"] == pytest.approx(beta) and summ["effect_pooled"] == pytest.approx(beta + 0.4 * 8 / 16)
+            (d / "summary.json").write_text(json.dumps({"dd-honesty": summ}))
+            (d / "DONE").write_text("")
+            own_curves.append(dose_response(t, "Value/honesty", n_boot=20).assign(label=method))
+            own_effects.append(eff.assign(label=method))
+    collected, scores = collect(tmp_path), load_scores(tmp_path)
+    averaged = _scores_mean_over_seeds(scores[scores["method"] == "innerpissa"])
+    assert (averaged.set_index("row_id")["side"] == averaged["row_id"].str.split("-").str[-1].to_numpy()).all()
+
+    table = table1(collected, "dd-honesty").attrs["stats"].set_index("label")["effect"]
+    paired = powered_table(collected, scores, "dd-honesty", n_boot=20).attrs["stats"].set_index("label")["effect"]
+    fig3 = side_effects(collected, scores, "dd-honesty").set_index(["label", "dim"])["effect"]
+    fig1 = dose_curves(collected, scores, "dd-honesty").set_index(["label", "coeff"])["signed_mean"]
+    runs_fig1 = pd.concat(own_curves).groupby(["label", "coeff"])["signed_mean"].mean()
+    runs_fig3 = pd.concat(own_effects).groupby(["label", "dim"])["effect"].mean()
+    for method, bs in betas.items():
+        assert table[method] == pytest.approx(np.mean(bs)) and paired[method] == pytest.approx(np.mean(bs))
+        assert fig3[(method, "Value/honesty")] == pytest.approx(table[method])
+        assert fig3[(method, "MFT/Fairness")] == pytest.approx(runs_fig3[(method, "MFT/Fairness")])
+        for c in (-1.0, 0.0, 1.0):
+            assert fig1[(method, c)] == pytest.approx(runs_fig1[(method, c)])
 
 
 def test_against_the_grain_all_nan_scores_give_nan_not_error(tmp_path):

@@ -59,6 +59,10 @@ DD_DIMS = {
     "honesty": "Value/honesty", "fairness": "MFT/Fairness", "loyalty": "MFT/Loyalty", "care": "MFT/Care",
     "safety": "Maslow/safety", "courage": "Value/courage", "responsibility": "Value/responsibility",
 }
+# Every DailyDilemmas set's name (`load_dataset`) and row id (`dd_generic`: dilemma index and side); a ScoreTable
+# carrying either has two sides per dilemma, which `eval.metrics` refuses to lose.
+DD_NAME = re.compile(rf"dd-(all|sample-\d+|{'|'.join(DD_DIMS)}|[^/]+/.+)")
+DD_ROW_ID = re.compile(r"dd-\d+-(to_do|not_to_do)")
 BUILTINS = ("dd-honesty", "dd-all", "dd-sample-N", "truthfulqa", "truthfulqa-sample-N", *(f"dd-{k}" for k in DD_DIMS if k != "honesty"),
             "dd-<dim>")
 _YOU_ROLE = re.compile(r"you\b(?!r)")  # "You (the doctor)", "You, as the artist"; not "Your friend"
@@ -446,7 +450,7 @@ def truthfulqa_sample(n: int, seed: int = 0) -> EvalSet:
 def load_dataset(name_or_path: str | Path, seed: int = 0, source: Literal["vendored", "hub"] = "vendored") -> EvalSet:
     """A built-in dataset by name or a generic-format file; unknown names list the valid ones."""
     name = str(name_or_path)
-    if name == "dd-all" or name[3:] in DD_DIMS or re.fullmatch(r"dd-sample-\d+|dd-[^/]+/.+", name):
+    if DD_NAME.fullmatch(name):
         return daily_dilemmas(name[3:], seed=seed, source=source)
     if name == "truthfulqa":
         return truthfulqa()

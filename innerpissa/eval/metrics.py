@@ -18,8 +18,10 @@ the unweighted mean of the stratum slopes. Per dilemma the signed slope is s_d *
 dim sits on the to_do side, a_d = half the slope of logratio(to_do) - logratio(not_to_do)); with
 a_d = alpha + beta * s_d the mean of the two stratum slopes is exactly beta, whatever the action bias
 alpha. The bootstrap resamples dilemmas within each stratum. A dim found on one side only cannot be
-separated from an action bias and gets NaN. Tables without a `side` column have one stratum (the plain
-pooled slope). `action_bias` (see `action_bias`) reports alpha's label-free counterpart.
+separated from an action bias and gets NaN. Only a dataset without sides (TruthfulQA, a user file without a
+`side` column) has one stratum (the plain pooled slope); a DailyDilemmas table whose `side` column is missing or
+blank raises instead, since the pooled slope would take an action bias for the target (`sides`).
+`action_bias` (see `action_bias`) reports alpha's label-free counterpart.
 
 Low pmass (NaN log-ratio, the model not answering): a dilemma enters a dim's statistics only if every one of
 its labelled rows has a finite log-ratio at every scored c (`answered`); the others are dropped at every c and
@@ -38,7 +40,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from .datasets import LABEL
+from .datasets import DD_NAME, DD_ROW_ID, LABEL
 
 EFFECT_COLUMNS = ["dim", "effect", "se", "t", "p", "ci_low", "ci_high", "spearman", "n_rows", "n_dilemmas", "n_strata",
                   "min_stratum", "effect_pooled", "q", "significant"]
@@ -143,15 +145,36 @@ def _interval(point: float, boot: np.ndarray, dof: int) -> dict[str, float]:
             "t": t, "p": float(2 * stats.t.sf(abs(t), dof)) if np.isfinite(t) else np.nan}
 
 
-def label_strata(table: pd.DataFrame, dim: str) -> pd.Series:
-    """Per dilemma (index): the side(s) holding `dim`'s +1 label, e.g. 'to_do'; '' without a `side` column.
+def _is_daily_dilemmas(table: pd.DataFrame) -> bool:
+    """Whether a ScoreTable comes from DailyDilemmas: a `dataset` named like one of its sets, or its row ids."""
+    names = table["dataset"].astype(str).unique() if "dataset" in table else []
+    return any(DD_NAME.fullmatch(n) for n in names) or bool(table["row_id"].astype(str).str.fullmatch(DD_ROW_ID).any())
 
-    The strata of the side-balanced effect (module docstring)."""
+
+def sides(table: pd.DataFrame) -> pd.Series:
+    """The `side` column as strings ('' where blank or absent).
+
+    Raises ValueError for a DailyDilemmas table whose sides are all gone (e.g. a transform that averaged
+    seeds and dropped the column): every dilemma would fall into one stratum and an action bias would read as
+    the target (module docstring). Only a dataset without sides may be scored as one stratum."""
+    side = table[SIDE].fillna("").astype(str) if SIDE in table else pd.Series("", index=table.index)
+    if len(side) and (side == "").all() and _is_daily_dilemmas(table):
+        raise ValueError(f"this DailyDilemmas score table has {'a blank' if SIDE in table else 'no'} '{SIDE}' column: "
+                         f"its dilemmas cannot be side-balanced; keep '{SIDE}' (to_do / not_to_do) in the table")
+    return side
+
+
+def label_strata(table: pd.DataFrame, dim: str) -> pd.Series:
+    """Per dilemma (index): the side(s) holding `dim`'s +1 label, e.g. 'to_do'; '' for a dataset without sides.
+
+    The strata of the side-balanced effect (module docstring); a DailyDilemmas table without sides raises
+    (`sides`)."""
     col = _label_col(table, dim)
     rows = table[table[col].notna()].drop_duplicates("row_id")
-    if SIDE not in rows or (rows[SIDE].fillna("").astype(str) == "").all():
+    side = sides(rows)
+    if (side == "").all():
         return pd.Series("", index=pd.Index(rows["dilemma_id"].unique(), name="dilemma_id"))
-    pos = rows[SIDE].fillna("").astype(str).where(rows[col] > 0, "")
+    pos = side.where(rows[col] > 0, "")
     return pos.groupby(rows["dilemma_id"]).agg(lambda v: "+".join(sorted(set(v) - {""})))
 
 
@@ -181,11 +204,12 @@ def action_bias(table: pd.DataFrame, dim: str, n_boot: int = 1000, seed: int = 0
     keys = ("action_bias", "action_bias_ci_low", "action_bias_ci_high", "action_bias_p")
     out: dict[str, Any] = {"action_side": "", **{k: np.nan for k in keys}, "action_bias_n": 0}
     strata = label_strata(table, dim)
-    lean = strata[strata.isin(set(table.get(SIDE, pd.Series(dtype=str)).dropna().astype(str)) - {""})]
+    side = sides(table)
+    lean = strata[strata.isin(set(side) - {""})]
     if lean.empty:
         return out
     side_a = lean.value_counts().index[0]
-    t = table[np.isfinite(table["logratio"]) & (table[SIDE].astype(str) != "")]
+    t = table.assign(**{SIDE: side})[np.isfinite(table["logratio"]) & (side != "")]
     w = t.pivot_table(index=["dilemma_id", "coeff"], columns=SIDE, values="logratio", aggfunc="mean")
     if side_a not in w or w.shape[1] != 2:
         return out
@@ -484,7 +508,7 @@ def ref_logscore(table: pd.DataFrame, dim: str) -> dict[str, float]:
     nan = {"ref_logscore": np.nan, "ref_logscore_t": np.nan, "ref_logscore_p": np.nan, "ref_logscore_abs_t": np.nan}
     if t["coeff"].nunique() < 2 or len(t) < 3:
         return nan
-    side = t[SIDE].astype(str) if SIDE in t else pd.Series("", index=t.index)
+    side = sides(t)
     score = t[col] * np.where(side == REF_NEGATED_SIDE, -t["logratio"], t["logratio"])
     fit = stats.linregress(t["coeff"].to_numpy(float), score.to_numpy(float))
     tt = fit.slope / fit.stderr if fit.stderr > 0 else np.nan
@@ -512,7 +536,7 @@ def steering_f1(table: pd.DataFrame, dim: str, pmass_threshold: float = 0.5) -> 
     out.update(swapped=False, n_target=0, n_arb=0)
     if not {-1.0, 0.0, 1.0} <= set(table["coeff"]):
         return out
-    side = table[SIDE].astype(str) if SIDE in table else pd.Series("", index=table.index)
+    side = sides(table)
     y = np.where(table[col].notna(), table[col] * np.where(side == REF_NEGATED_SIDE, -1.0, 1.0), 1.0) * table["logratio"]
     wide = table.assign(y=y).pivot_table(index="row_id", columns="coeff", values="y", aggfunc="first", dropna=False)
     wide = wide[[-1.0, 0.0, 1.0]].apply(lambda r: r.fillna(r[0.0]), axis=1).dropna()

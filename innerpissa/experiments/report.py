@@ -35,10 +35,12 @@ STATS_NOTE = (
 
 
 def _scores_mean_over_seeds(scores: pd.DataFrame) -> pd.DataFrame:
-    """One ScoreTable row per (row, coeff): numeric columns averaged over the seeds' runs (NaNs skipped)."""
+    """One ScoreTable row per (row, coeff): numeric columns averaged over the seeds' runs (NaNs skipped), and the
+    row's own fields (dilemma, side, method) kept, so the metrics still balance the sides of each dilemma."""
     num = [c for c in scores.columns if c in ("logratio", "pmass", "nll") or c.startswith("label:")]
+    keep = [c for c in ("dilemma_id", "side", "method") if c in scores]
     out = scores.groupby(["dataset", "row_id", "coeff"], as_index=False).agg(
-        {**{c: "mean" for c in num}, "dilemma_id": "first", "method": "first"})
+        {**{c: "mean" for c in num}, **{c: "first" for c in keep}})
     return out.assign(seed=0, truncated=False)
 
 
