@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,11 +21,24 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+INTERRUPTED = 130  # typer's exit code for Ctrl-C (KeyboardInterrupt), the shell's 128 + SIGINT
+_interrupt_note: list[Callable[[], str]] = []  # the running command's answer to "what survives a Ctrl-C now?"
+
+
+def on_interrupt(note: Callable[[], str]) -> None:
+    """Register what a Ctrl-C from here on leaves on disk and how to continue; `main` prints `note()` as one line.
+
+    A command that registers nothing writes its output atomically at the end, so an interrupt leaves nothing."""
+    _interrupt_note[:] = [note]
+
+
 def main() -> None:
-    """Entry point: run the app; bad input (ours or a usage error) is one `error:` line on stderr and exit 2."""
+    """Entry point: run the app; bad input (ours or a usage error) is one `error:` line on stderr and exit 2; Ctrl-C
+    is one `interrupted:` line saying what was saved and how to continue (`on_interrupt`), exit 130."""
     from .concepts import ConceptError
     from .models import ModelLoadError
 
+    _interrupt_note.clear()
     try:
         code = app(args=expand_list_options(sys.argv[1:]) or ["--help"], prog_name="innerpissa", standalone_mode=False)
     except typer.TyperException as e:  # typer's own click errors: unknown command/option, missing or bad value
@@ -35,6 +49,9 @@ def main() -> None:
         _fail(str(e))
     except typer.Abort:
         sys.exit(1)
+    if code == INTERRUPTED:
+        note = _interrupt_note[0]() if _interrupt_note else "nothing was written (outputs are only written complete)"
+        typer.secho("interrupted: " + " ".join(note.split()), err=True, fg="yellow")
     sys.exit(code if isinstance(code, int) else 0)  # `typer.Exit(n)` arrives here as a return value
 
 
@@ -157,7 +174,10 @@ def train(
     if config is not None:
         if not config.is_file():
             raise UserError(f"config file not found: {config}")
-        overrides = read_yaml(config) or {}
+        overrides = read_yaml(config)
+        if not overrides:
+            raise UserError(f"{config} is empty; give at least one section, e.g. `train: {{steps: 40}}` or "
+                            "`recipe: reprpo-v0`, or drop --config to train with the recipe's defaults")
         if not isinstance(overrides, dict) or not all(isinstance(v or {}, dict) for k, v in overrides.items() if k != "recipe"):
             raise UserError(f"{config}: expected sections of `field: value` mappings, e.g. `train: {{steps: 40}}`")
         unknown = set(overrides) - {"recipe", "adapter", "loss", "train"}
@@ -181,8 +201,9 @@ def train(
     steerer = InnerPiSSASteerer(recipe, **sections, model=model, concept=concept or spec.name)
     train_pairs, val_pairs = fit_pairs(spec, recipe=recipe)  # the sweep's pairs too: split by PAIR_SEED, not --seed
     _check_train_out(out, resume, overwrite)
-    m, tok = load_model(model)
     ckpt = out / "checkpoint"
+    on_interrupt(_checkpoint_note(ckpt, steerer.train_cfg.checkpoint_every, resume))
+    m, tok = load_model(model)
     steerer.fit(m, tok, train_pairs, val_pairs, ckpt_dir=ckpt, resume=resume)
     steerer.save(out)
     atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs, recipe=recipe))  # for eval's leakage check
@@ -194,10 +215,34 @@ def train(
     )
 
 
+def _checkpoint_note(ckpt: Path, every: int, resume: bool) -> Callable[[], str]:
+    """The interrupt note of `train`: the step its checkpoint holds, and how to continue. A checkpoint already in
+    OUT counts only under --resume (it is the run being continued); under --overwrite it is another run's."""
+    from .io import read_json
+    from .loop import CHECKPOINT_META
+
+    meta = ckpt / CHECKPOINT_META
+    before = meta.stat().st_mtime_ns if meta.is_file() and not resume else None
+
+    def note() -> str:
+        if meta.is_file() and meta.stat().st_mtime_ns != before:
+            return (f"{ckpt} holds the checkpoint of step {read_json(meta)['step']} (saved every {every} steps); "
+                    "rerun the same command with --resume to continue from it")
+        return f"no checkpoint saved yet (the first comes after step {every}); rerun the same command to start again"
+
+    return note
+
+
 def _check_train_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse, before any work, to train into an OUT holding an adapter, a checkpoint (without --resume) or other files."""
+    """Refuse, before any work, to train into an OUT holding an adapter, a checkpoint (without --resume) or other
+    files, and to --resume where there is no checkpoint (it would silently start from scratch)."""
+    from .loop import CHECKPOINT_META
+
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory path")
+    if resume and not (out / "checkpoint" / CHECKPOINT_META).is_file():
+        raise UserError(f"--resume: no checkpoint to continue from ({out / 'checkpoint' / CHECKPOINT_META} does not "
+                        "exist); drop --resume to train from scratch")
     if overwrite or not out.exists() or not any(out.iterdir()):
         return
     if (out / "steerer.json").exists() and not resume:

@@ -27,6 +27,9 @@ from .config import TrainConfig
 from .io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 
 
+CHECKPOINT_META = "checkpoint.json"  # written last: a checkpoint is complete once this file exists
+
+
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN/inf; the adapter was rolled back to the last good checkpoint."""
 
@@ -115,8 +118,8 @@ class Loop:
         return tensors, meta
 
     def has_checkpoint(self) -> bool:
-        """Whether `ckpt_dir` holds a complete checkpoint (the json is written last)."""
-        return self.ckpt_dir is not None and (self.ckpt_dir / "checkpoint.json").exists()
+        """Whether `ckpt_dir` holds a complete checkpoint (`CHECKPOINT_META` is written last)."""
+        return self.ckpt_dir is not None and (self.ckpt_dir / CHECKPOINT_META).exists()
 
     def save_checkpoint(self, step: int, result: TrainResult) -> None:
         """Parameters, best parameters, optimizer, scheduler, step and log; atomic (tensors then meta)."""
@@ -124,11 +127,11 @@ class Loop:
             return
         tensors, meta = self._state(step, result)
         atomic_save_tensors(tensors, self.ckpt_dir / "checkpoint.safetensors")
-        atomic_write_json(self.ckpt_dir / "checkpoint.json", meta)
+        atomic_write_json(self.ckpt_dir / CHECKPOINT_META, meta)
 
     def load_checkpoint(self, result: TrainResult) -> int:
         """Restore the state written by save_checkpoint; returns the step to continue from."""
-        meta = read_json(self.ckpt_dir / "checkpoint.json")
+        meta = read_json(self.ckpt_dir / CHECKPOINT_META)
         tensors = load_tensors(self.ckpt_dir / "checkpoint.safetensors")
         params = self.objective.parameters()
         with torch.no_grad():

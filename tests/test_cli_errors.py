@@ -7,6 +7,7 @@ Placeholders in ARGS: {model}, {adapter}, {ws} (the shared workspace), {case} (t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -128,6 +129,9 @@ CASES = [  # (id, setup or None, args, what the error line must say)
      "bad.yaml: YAML syntax error at line 2"),
     ("yaml-wrong-type", _file("bad.yaml", "train: [1, 2]\n"), [*TRAIN, "--config", "{case}/bad.yaml"],
      "bad.yaml: expected sections of `field: value` mappings"),
+    ("yaml-empty", _file("empty.yaml", ""), [*TRAIN, "--config", "{case}/empty.yaml"], "empty.yaml is empty"),
+    ("yaml-comments-only", _file("empty.yaml", "# steps: 40\n"), [*TRAIN, "--config", "{case}/empty.yaml"],
+     "empty.yaml is empty"),
     ("negative-seed", None, [*TRAIN, "--seed", "-1"], "train.seed"),
     ("eval-negative-seed", None, [*EVAL, "--seed", "-1"], "Invalid value for '--seed'"),
     # coefficients
@@ -147,6 +151,11 @@ CASES = [  # (id, setup or None, args, what the error line must say)
      "already holds a trained adapter; pass --overwrite"),
     ("train-out-checkpoint", _adapter(_no_steerer_json), ["train", "--model", "{model}", "--out", "{case}/A"],
      "holds an unfinished run's checkpoint; pass --resume to continue or --overwrite"),
+    ("train-resume-no-out", None, [*TRAIN, "--resume"],
+     "--resume: no checkpoint to continue from ({case}/o/checkpoint/checkpoint.json does not exist); drop --resume"),
+    ("train-resume-no-checkpoint", _adapter(lambda d: shutil.rmtree(d / "checkpoint")),
+     ["train", "--model", "{model}", "--out", "{case}/A", "--resume"],
+     "--resume: no checkpoint to continue from ({case}/A/checkpoint/checkpoint.json does not exist); drop --resume"),
     ("train-out-other", _existing_out, [*TRAIN[:-1], "{case}/out"], "exists and is not an adapter directory"),
     ("train-out-file", _file("f.txt", "x"), [*TRAIN[:-1], "{case}/f.txt"], "f.txt is a file"),
     # pairs (suffix) files, datasets, sweep specs, models
@@ -223,6 +232,58 @@ def test_bad_input_is_one_error_line_and_nothing_on_disk(ws, tmp_path, monkeypat
     assert "Traceback" not in err and len(errors) == 1 and errors[0].startswith("error: "), err
     assert message in errors[0], errors[0]
     assert _snapshot(ws, case) == before  # nothing new, nothing rewritten, no temp dirs left behind
+
+
+@pytest.mark.parametrize("at_step", [0, 1], ids=["before-first-checkpoint", "after-checkpoint"])
+def test_ctrl_c_in_train_says_what_was_saved_and_the_resume_works(ws, tmp_path, monkeypatch, capsys, at_step):
+    """Ctrl-C (KeyboardInterrupt) during step `at_step` of 2, checkpoints every step: exit 130 and one
+    `interrupted:` line naming the checkpoint's step (read back from disk) and --resume; the resume it names
+    then finishes the run."""
+    from innerpissa.loop import Loop
+
+    real = Loop.optimizer_step
+
+    def interrupted(self, step):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real(self, step)
+
+    monkeypatch.setattr(Loop, "optimizer_step", interrupted)
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    out = tmp_path / "o"
+    args = ["train", "--model", str(ws / "model"), "--out", str(out), "--config", str(ws / "small.yaml")]
+    capsys.readouterr()
+    assert _run(args) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    assert len(lines) == 1, lines
+    if at_step == 0:
+        assert not (out / "checkpoint" / "checkpoint.json").exists()
+        assert lines[0] == ("interrupted: no checkpoint saved yet (the first comes after step 1); rerun the same "
+                            "command to start again")
+        return
+    assert json.loads((out / "checkpoint" / "checkpoint.json").read_text())["step"] == 1
+    assert lines[0] == (f"interrupted: {out / 'checkpoint'} holds the checkpoint of step 1 (saved every 1 steps); "
+                        "rerun the same command with --resume to continue from it")
+    monkeypatch.setattr(Loop, "optimizer_step", real)
+    assert _run([*args, "--resume"]) == 0
+    assert (out / "steerer.json").is_file()
+    assert [row["step"] for row in json.loads((out / "checkpoint" / "checkpoint.json").read_text())["history"]] == [1, 2]
+
+
+def test_ctrl_c_in_sweep_counts_the_finished_runs(ws, tmp_path, monkeypatch, capsys):
+    import innerpissa.experiments.sweep as sweep
+
+    def interrupted(cfg, root):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_one", interrupted)
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    (tmp_path / "s.yaml").write_text(SPEC)
+    capsys.readouterr()
+    assert _run(["sweep", str(tmp_path / "s.yaml"), "--root", str(tmp_path / "r")]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]
+    assert lines == [f"interrupted: 0 of 1 runs are finished and kept in {tmp_path / 'r' / 'runs'}; rerun the same "
+                     "command to continue (finished runs are skipped, the interrupted one starts over)"]
 
 
 def test_readme_list_forms_and_out_of_range_warning(ws, run_cli):

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
 from rich.table import Table
 
-from ..cli import COEFF_MAX, app, check_coeffs, check_out, console, warn
+from ..cli import COEFF_MAX, app, check_coeffs, check_out, console, on_interrupt, warn
 from ..models import DEFAULT_MODEL
 from ..precision import HELP as PRECISION_HELP, check as check_precision
 from .compare import QUICK
+
+if TYPE_CHECKING:
+    from .run import RunConfig
 
 
 def _rich(df: pd.DataFrame, title: str) -> Table:
@@ -44,6 +48,18 @@ def parse_budgets(value: str) -> list[float]:
             raise ValueError(f"--kl {value!r}: {item!r} is not a positive number of nats (e.g. --kl 0.05,0.5)")
         out.append(b)
     return out
+
+
+def _runs_note(cfgs: list[RunConfig], root: Path) -> Callable[[], str]:
+    """The interrupt note of sweep/compare: how many of the runs are finished (kept on disk) and how to continue."""
+    from .run import is_done
+
+    def note() -> str:
+        done = sum(is_done(c, root) for c in cfgs)
+        return (f"{done} of {len(cfgs)} runs are finished and kept in {Path(root) / 'runs'}; rerun the same command "
+                "to continue (finished runs are skipped, the interrupted one starts over)")
+
+    return note
 
 
 def check_sources(models: set[str], concepts: set[str]) -> None:
@@ -88,6 +104,7 @@ def sweep(
         cons.print(_rich(pd.DataFrame(rows), f"{spec}: {len(cfgs)} runs"))
         return
     on_done = wandb_logger(root) if wandb else None
+    on_interrupt(_runs_note(cfgs, root))
     if ray or address or os.environ.get("RAY_ADDRESS"):
         summary = run_ray(cfgs, root, address, cpus_per_run, gpus_per_run, on_done=on_done)
     else:
@@ -144,6 +161,7 @@ def compare(
     cfgs = compare_configs(_split(methods, "methods"), opt["seeds"], model, concept, _split(opt["datasets"], "datasets"),
                            cs, opt["eval_limit"], eval_part, opt["steps"], samples, pmass_min,
                            opt["n_pairs"], parse_budgets(kl) if kl is not None else None, kl_stat, check_precision(precision))
+    on_interrupt(_runs_note(cfgs, root))
     with atomic_dir(out) as tmp:
         res = run_compare(cfgs, root, tmp, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
     cons = console()
