@@ -265,6 +265,7 @@ def _load_adapter_model(adapter: Path, model: str | None):
     spec = model or read_json(meta).get("params", {}).get("model")
     if not spec:
         raise UserError(f"{adapter}/steerer.json names no base model; pass --model")
+    typer.echo(f"loading {spec} with the adapter in {adapter} ...", err=True)  # the first use of a model can take minutes
     m, tok = load_model(spec)
     return m, tok, load_steerer(m, adapter)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .batching import encode
@@ -24,9 +25,9 @@ def generate_table(
     precision: str = "auto",
 ) -> pd.DataFrame:
     """Greedy completions of each user prompt at each coefficient (in `precision`, see innerpissa.precision):
-    DataFrame[prompt, coeff, completion]."""
+    DataFrame[prompt, coeff, completion]. A progress bar counts the coefficients (one batch of every prompt each)."""
     rows = []
-    for c in coeffs:
+    for c in tqdm(coeffs, desc=f"generating {len(prompts)} prompt(s) x {max_new_tokens} tokens", unit="c"):
         convs = [steerer.messages([{"role": "user", "content": p}], c) for p in prompts]
         b = encode(tok, convs).to(model.device)
         with steerer.steer(model, c), autocast(precision, model.device):

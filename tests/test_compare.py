@@ -48,7 +48,7 @@ def counters(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counters) -> None:
+def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counters, capsys) -> None:
     root, out = tmp_path / "runs", tmp_path / "out"
     concept = tmp_path / "honesty_small.yaml"
     concept.write_text(yaml.safe_dump(TINY_CONCEPT))
@@ -63,7 +63,12 @@ def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
     assert counters == {"fit": 0, "eval": 0}
 
     args = ["compare", "--methods", "random,pca", "--seeds", "2", *common, "--out", str(out), "--overwrite"]
+    capsys.readouterr()
     assert _cli(monkeypatch, *args) == 0
+    printed, log = capsys.readouterr()
+    assert [f"run {i} of 3:" in log for i in (1, 2, 3)] == [True] * 3  # each run announced, also when piped
+    table1_lines = printed.split("Table 1 · dd-honesty")[1].split("effect: side-balanced")[0].splitlines()
+    assert max(map(len, table1_lines)) <= 120 and "vs random" in printed and "(1 seed, no CI)" not in printed
     # random is seeded (2 runs, 2 fits); pca is deterministic (1 run, marked "1 seed")
     assert counters == {"fit": 3, "eval": 3}
     for name in ("table1_dd-honesty.md", "table1_dd-honesty.csv", "table1_dd-honesty.tex", "table1_dd-honesty.png",

@@ -149,6 +149,34 @@ def test_table1_mean_and_t_interval_over_seeds(collected):
     assert table1(collected, "truthfulqa").attrs["stats"].set_index("label").loc["innerpissa", "effect"] == pytest.approx(0.15)
 
 
+def test_console_table1_is_narrow_and_carries_the_numbers(collected):
+    """The console form: one row per method with the effect's CI, the difference to prompting (means: 0.6 − 0.2 for
+    innerpissa) and ΔNLL; rendered by rich at 120 columns, nothing wraps or is cut."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from innerpissa.experiments.tables import table1_console
+
+    t = table1_console(table1(collected, "dd-honesty")).set_index("Method")
+    half = T2 * np.std(IP_EFFECTS, ddof=1) / np.sqrt(3)
+    assert list(t.columns) == ["seeds", "effect [95% CI]", "vs prompt", "ΔNLL"]  # no random run here
+    assert t.loc["innerpissa", "effect [95% CI]"] == f"0.600 [{0.6 - half:.3f}, {0.6 + half:.3f}]"
+    assert t.loc["innerpissa", "vs prompt"] == "+0.400" and t.loc["pca", "vs prompt"] == "-0.100"
+    assert t.loc["prompt", "vs prompt"] == "–" and t.loc["prompt", "effect [95% CI]"] == "0.200 [0.100, 0.300]"
+    assert t.loc["prompt", "seeds"] == "1" and t.loc["innerpissa", "ΔNLL"] == f"{0.1 + 0.02 * 2.5:.3f}"
+    table = Table()
+    for col in ["Method", *t.columns]:
+        table.add_column(col)
+    for label, row in t.iterrows():
+        table.add_row(label, *row)
+    buf = io.StringIO()
+    Console(file=buf, width=120).print(table)
+    lines = buf.getvalue().splitlines()
+    assert max(map(len, lines)) <= 120 and len(lines) == 4 + len(t) and "…" not in buf.getvalue()
+
+
 def test_table2_drop_vs_full(collected):
     st = table2_ablations(collected, "dd-honesty").attrs["stats"].set_index("preset")
     assert st.index[0] == "full" and set(st.index) == set(ABL)

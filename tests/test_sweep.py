@@ -222,7 +222,8 @@ def _cfgs(concept: str, seeds, **kw) -> list[RunConfig]:
             for s in seeds]
 
 
-def test_resume_after_interrupted_sweep_runs_only_the_rest(tmp_path: Path, concept, shift_steerer, count_evals, monkeypatch) -> None:
+def test_resume_after_interrupted_sweep_runs_only_the_rest(tmp_path: Path, concept, shift_steerer, count_evals, monkeypatch,
+                                                           capsys) -> None:
     cfgs = _cfgs(concept, [0, 1, 2, 3])
     from innerpissa.experiments import evaluate
 
@@ -246,7 +247,11 @@ def test_resume_after_interrupted_sweep_runs_only_the_rest(tmp_path: Path, conce
     monkeypatch.setattr(evaluate, "evaluate_run", counted)
     count_evals.clear()
     shift_steerer.clear()
+    capsys.readouterr()
     summary = run_inprocess(cfgs, tmp_path)
+    lines = capsys.readouterr().err.splitlines()  # a log, not only a terminal's bar, says what runs and how far it is
+    assert [line.strip() for line in lines if " of 2" in line or "to do" in line] == [
+        "2 run(s) to do (2 finished earlier, skipped)", "run 1 of 2: test_shift seed 2", "run 2 of 2: test_shift seed 3"]
     assert summary.skipped == [c.content_hash() for c in cfgs[:2]]
     assert summary.done == [c.content_hash() for c in cfgs[2:]] and not summary.failed
     assert len(count_evals) == 2  # only the partial and the missing run were evaluated

@@ -147,6 +147,7 @@ def compare(
     from ..eval.datasets import load_dataset
     from ..io import atomic_dir
     from .compare import compare_configs, run_compare
+    from .tables import table1_console
 
     cs = check_coeffs(coeffs, need_zero=True)
     check_out(out, overwrite)
@@ -165,8 +166,11 @@ def compare(
     with atomic_dir(out) as tmp:
         res = run_compare(cfgs, root, tmp, use_ray=ray or bool(address or os.environ.get("RAY_ADDRESS")), address=address)
     cons = console()
-    for ds, t in res.table1.items():
-        cons.print(_rich(t, f"Table 1 · {ds} · {model} · mean ± 95% CI over seeds"))
+    for ds, t in res.table1.items():  # the full table (every column) is in OUT's files; the console shows its core
+        cons.print(_rich(table1_console(t), f"Table 1 · {ds} · {model} (all columns: {out}/table1_{ds}.md)"))
+    cons.print("effect: side-balanced slope of the label-signed log-ratio on c (nats per unit c); 95% CI over seeds, or "
+               "the run's own dilemma bootstrap for 1 seed. vs prompt / vs random: difference of the mean effects, no "
+               "CI. ΔNLL: mean NLL increase at c = ±1.")
     if res.against_the_grain is not None:
         cons.print(_rich(res.against_the_grain, "Against the grain: c = −1 vs the dishonest prompt"))
     else:

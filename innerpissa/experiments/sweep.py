@@ -183,14 +183,30 @@ def _finish(summary: SweepSummary, root: Path) -> SweepSummary:
     return summary
 
 
+def _name(cfg: RunConfig) -> str:
+    """A run as a person names it: method (with its recipe or variant), preset, seed, KL budget."""
+    variant = (cfg.params or {}).get("recipe") or (cfg.params or {}).get("variant")
+    return (f"{cfg.method}{':' + str(variant) if variant else ''}{' ' + cfg.preset if cfg.preset else ''} seed {cfg.seed}"
+            f"{f' at KL {cfg.kl:g}' if cfg.kl else ''}")
+
+
+def _announce(progress: Progress, summary: SweepSummary, todo: list[RunConfig]) -> None:
+    """One line before the first run: how many runs there are and how many finished ones are skipped."""
+    skipped = f" ({len(summary.skipped)} finished earlier, skipped)" if summary.skipped else ""
+    progress.console.print(f"{len(todo)} run(s) to do{skipped}")
+
+
 def run_inprocess(cfgs: Iterable[RunConfig], root: Path, on_done: Callback | None = None) -> SweepSummary:
-    """Run sequentially in this process; runs are grouped by model so each model loads once."""
+    """Run sequentially in this process; runs are grouped by model so each model loads once. Each run starts with a
+    line `run i of N: method [preset] seed s`, so a log (not only a terminal's progress bar) shows how far it is."""
     summary, todo = _start(cfgs, root)
     todo.sort(key=lambda c: c.model)  # stable: keeps spec order within a model
     with Progress(console=Console(stderr=True)) as progress:
+        _announce(progress, summary, todo)
         bar = progress.add_task("sweep", total=len(todo))
-        for cfg in todo:
-            progress.update(bar, description=f"{cfg.method} {cfg.preset or ''} seed {cfg.seed}")
+        for i, cfg in enumerate(todo, 1):
+            progress.console.print(f"run {i} of {len(todo)}: {_name(cfg)}")
+            progress.update(bar, description=_name(cfg))
             try:
                 path = run_one(cfg, root)
             except Exception as e:  # recorded in the run's error.json by run_one
@@ -221,10 +237,12 @@ def run_ray(cfgs: Iterable[RunConfig], root: Path, address: str | None = None, n
         task = ray.remote(num_cpus=num_cpus_per_run, num_gpus=num_gpus_per_run, max_retries=0)(_ray_task)
         pending = {task.remote(c.model_dump(mode="json"), str(root)): c for c in todo}
         with Progress(console=Console(stderr=True)) as progress:
+            _announce(progress, summary, todo)
             bar = progress.add_task(f"ray sweep ({len(todo)} runs)", total=len(todo))
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 cfg = pending.pop(ref)
+                progress.console.print(f"run {len(todo) - len(pending)} of {len(todo)} ended: {_name(cfg)}")
                 try:
                     path = Path(ray.get(ref))
                 except Exception as e:  # RayTaskError wraps the run's exception; error.json has the traceback

@@ -145,6 +145,28 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return out
 
 
+CONSOLE_REFERENCES = ("prompt", "random")  # the baselines Table 1's console form reads every method against
+
+
+def table1_console(t1: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 narrowed for a terminal (well under 120 columns): Method, seeds, effect [95% CI], the effect minus
+    prompting's and minus the random direction's, ΔNLL. The differences are of the mean effects, without a CI;
+    the CI is over seeds with several seeds, else the run's own dilemma bootstrap. The full table (every column,
+    each CI's basis) is the one `write_table` writes."""
+    st = t1.attrs["stats"]
+    mean = st.set_index("label")["effect"]
+    refs = [r for r in CONSOLE_REFERENCES if r in mean.index]
+    rows = []
+    for _, r in st.iterrows():
+        ci = f" [{_num(r['effect_lo'])}, {_num(r['effect_hi'])}]" if np.isfinite(r["effect_lo"]) else " (no CI)"
+        row = {"Method": r["label"], "seeds": str(r["n_seeds"]), "effect [95% CI]": _num(r["effect"]) + ci}
+        for ref in refs:
+            diff = r["effect"] - mean[ref]
+            row[f"vs {ref}"] = "–" if r["label"] == ref or not np.isfinite(diff) else ("+" if diff > 0 else "") + _num(diff)
+        rows.append({**row, "ΔNLL": _num(r["dnll"])})
+    return pd.DataFrame(rows)
+
+
 def _calibration_cell(runs: pd.DataFrame, aggs: dict) -> str:
     """'+c/−c (KL +/−)' at the run's ±1, averaged over seeds; prefixed with the budget for calibrated runs."""
     m = {k: aggs[k]["mean"] for k in CALIBRATION_METRICS}
