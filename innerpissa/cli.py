@@ -14,6 +14,8 @@ import typer.main
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from .loop import TrainResult
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
@@ -208,11 +210,17 @@ def train(
     steerer.save(out)
     atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs, recipe=recipe))  # for eval's leakage check
     loss_curve(steerer.result.history, out / "loss_curve.png")
-    r = steerer.result
-    typer.echo(
-        f"saved adapter to {out} (best val step {r.best_step}, val shift +1 vs -1 = {r.val_shift:.3f}"
-        f"{', sign flipped' if r.sign_flipped else ''})"
-    )
+    typer.echo(f"saved adapter to {out}; {train_note(steerer.result)}")
+
+
+def train_note(r: TrainResult) -> str:
+    """What training ended with, in words: the best validation step, the validation shift (how much further c = +1
+    than c = -1 moves the held-out pairs along the preference direction) and whether the adapter was negated."""
+    flipped = ("; training had made +c the negative persona's direction, so the adapter was negated (exactly "
+               "c -> -c: sign flipped) and +c now steers toward the positive one" if r.sign_flipped else "")
+    return (f"best validation step {r.best_step}; val shift {r.val_shift:.3f}: on held-out pairs, c = +1 moves the "
+            "positive-minus-negative hidden-state gap along the preference direction that much further than c = -1, "
+            f"in units of the gap's unsteered size (0: no separation){flipped}")
 
 
 def _checkpoint_note(ckpt: Path, every: int, resume: bool) -> Callable[[], str]:

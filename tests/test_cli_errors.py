@@ -266,8 +266,22 @@ def test_ctrl_c_in_train_says_what_was_saved_and_the_resume_works(ws, tmp_path, 
                         "rerun the same command with --resume to continue from it")
     monkeypatch.setattr(Loop, "optimizer_step", real)
     assert _run([*args, "--resume"]) == 0
+    assert f"saved adapter to {out}; best validation step" in capsys.readouterr().out
     assert (out / "steerer.json").is_file()
     assert [row["step"] for row in json.loads((out / "checkpoint" / "checkpoint.json").read_text())["history"]] == [1, 2]
+
+
+def test_train_end_line_says_what_val_shift_and_a_sign_flip_mean():
+    from innerpissa.cli import train_note
+    from innerpissa.loop import TrainResult
+
+    plain = train_note(TrainResult(best_step=16, val_shift=0.1234))
+    assert plain == ("best validation step 16; val shift 0.123: on held-out pairs, c = +1 moves the positive-minus-"
+                     "negative hidden-state gap along the preference direction that much further than c = -1, in units "
+                     "of the gap's unsteered size (0: no separation)")
+    flipped = train_note(TrainResult(best_step=16, val_shift=0.1234, sign_flipped=True))
+    assert flipped == plain + ("; training had made +c the negative persona's direction, so the adapter was negated "
+                               "(exactly c -> -c: sign flipped) and +c now steers toward the positive one")
 
 
 def test_ctrl_c_in_sweep_counts_the_finished_runs(ws, tmp_path, monkeypatch, capsys):

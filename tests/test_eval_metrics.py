@@ -129,7 +129,13 @@ def test_eval_warns_for_coefficients_past_the_measured_coherent_range() -> None:
     assert summary["dd"]["coherent_range"] == 1.0
     (msg,) = incoherent_coeffs(summary, [-2.0, -1.0, 0.0, 1.0, 2.0], " KL-budget units (±1 = KL 0.1)")
     assert msg.startswith("dd: --coeffs -2 2 past the measured coherent range |c| <= 1 KL-budget units")
+    assert "(up to there the prompt NLL rises by at most 0.5 nats over c = 0 and P(Yes) + P(No) stays >= 0.5)" in msg
     assert incoherent_coeffs(summary, [-1.0, 0.0, 1.0]) == []
+    broken = {"dd": summarize(_nll_table(shift, {**{c: 0.9 for c in shift}, -1.0: 0.4}), "t", n_boot=50)}
+    assert broken["dd"]["coherent_range"] == 0.0  # answer mass 0.4 at c = -1: only c = 0 is coherent
+    (msg,) = incoherent_coeffs(broken, [-1.0, 0.0, 1.0])
+    assert msg.startswith("dd: no scored coefficient but 0 is coherent (the coherent range, where the prompt NLL")
+    assert "already at |c| = 1 one of the two fails, so the effects at --coeffs -1 1 describe a degraded model" in msg
     assert incoherent_coeffs({"dd": {**summary["dd"], "coherent_range": float("nan")}}, [-2.0, 0.0, 2.0]) == []
 
 

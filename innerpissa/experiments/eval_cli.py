@@ -53,16 +53,25 @@ def headline_table(summary: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
+COHERENT = "the prompt NLL rises by at most 0.5 nats over c = 0 and P(Yes) + P(No) stays >= 0.5"
+
+
 def incoherent_coeffs(summary: dict[str, dict[str, Any]], coeffs: list[float], units: str = "") -> list[str]:
     """Warnings for coefficients past the coherent range each dataset's run measured (`metrics.coherent_range`:
-    ΔNLL <= 0.5 nats and answer mass >= 0.5 at every |c'| up to it): their effects describe a broken model."""
+    ΔNLL <= 0.5 nats and answer mass >= 0.5 at every |c'| up to it): their effects describe a broken model. Each
+    says in its own line what the range means, and a range of 0 says that already the smallest |c| broke it."""
     out = []
     for name, s in summary.items():
         cr = s.get("coherent_range")
         far = [c for c in coeffs if cr is not None and np.isfinite(cr) and abs(c) > cr]
-        if far:
-            out.append(f"{name}: --coeffs {' '.join(f'{c:g}' for c in far)} past the measured coherent range "
-                       f"|c| <= {cr:g}{units} (ΔNLL <= 0.5 nats and answer mass >= 0.5); read their effects with care")
+        cs = " ".join(f"{c:g}" for c in far)
+        if far and cr == 0:
+            out.append(f"{name}: no scored coefficient but 0 is coherent (the coherent range, where {COHERENT}, is "
+                       f"|c| <= 0{units}): already at |c| = {min(abs(c) for c in far):g} one of the two fails, so "
+                       f"the effects at --coeffs {cs} describe a degraded model; try smaller coefficients")
+        elif far:
+            out.append(f"{name}: --coeffs {cs} past the measured coherent range |c| <= {cr:g}{units} (up to there "
+                       f"{COHERENT}); their effects describe a degraded model, read them with care")
     return out
 
 
