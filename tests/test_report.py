@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from innerpissa.experiments.collect import collect, collect_failed, load_scores
+from innerpissa.experiments.collect import collect, collect_failed, load_scores, skipped_dirs
 from innerpissa.experiments.report import dose_curves, side_effects
 from innerpissa.experiments.tables import against_the_grain, ideas_that_failed, table1, table2_ablations
 
@@ -97,6 +97,12 @@ def build_root(root: Path) -> Path:
     d.mkdir()
     (d / "error.json").write_text(json.dumps({"type": "RuntimeError", "message": "boom\nmore", "traceback": "...",
                                               "run": {"method": "lora", "seed": 1, "preset": None}}))
+    # not runs: an `innerpissa eval` output and a trained adapter beside them, and a cached fit (internal)
+    for sub, files in (("eval/honesty", ("config.json", "summary.json")), ("honesty", ("steerer.json",)),
+                       ("fits/f0", ("steerer.json", "DONE"))):
+        (root / sub).mkdir(parents=True)
+        for f in files:
+            (root / sub / f).write_text(json.dumps({"model": "smollm2-135m"}))
     return root
 
 
@@ -121,6 +127,10 @@ def test_collect_skips_incomplete_and_lists_failures(root, collected):
     assert failed.loc["failed", "method"] == "lora"
     assert failed.loc["partial", "status"] == "partial" and failed.loc["partial", "method"] == "mean_diff"
     assert collect(root / "runs")["run_hash"].nunique() == n_complete  # the runs/ dir itself also works
+    assert set(failed.index) == {"failed", "partial"}  # the eval output and the adapter are not partial runs
+    skipped = skipped_dirs(root).set_index("path")["reason"]
+    assert list(skipped.index) == ["eval/honesty", "honesty"]  # not the fit cache, not the runs
+    assert skipped["eval/honesty"].startswith("an `innerpissa eval` output") and "trained adapter" in skipped["honesty"]
 
 
 def test_table1_mean_and_t_interval_over_seeds(collected):
@@ -327,14 +337,20 @@ def run_cli(monkeypatch, *args: str) -> int:
     return 0
 
 
-def test_report_cli_writes_everything_self_contained(root, tmp_path, monkeypatch):
+def test_report_cli_writes_everything_self_contained(root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "ideas_that_failed.md").write_text("# Ledger\nTried <rank 4>: lost, see http://example.org\n")
     assert run_cli(monkeypatch, "report", str(root), "--out", str(out)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: report skips {root / 'eval/honesty'}: an `innerpissa eval` output: the report "
+                        "compares sweep/compare runs (runs/<hash>/ with a DONE marker); this run's numbers are in its "
+                        "own summary.json",
+                        f"warning: report skips {root / 'honesty'}: a trained adapter, not a scored run (`innerpissa "
+                        "eval --adapter` scores it)"]
     for stem in ("table1_dd-honesty", "table1_truthfulqa", "table2_ablations_dd-honesty", "ideas_that_failed_dd-honesty",
-                 "against_the_grain", "samples", "failed_runs"):
+                 "against_the_grain", "samples", "failed_runs", "skipped"):
         for ext in ("md", "csv", "tex"):
             assert (out / "tables" / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
     for fig in ("table1_dd-honesty", "fig1_dose_response_dd-honesty", "fig2_layer_depth_dd-honesty",
@@ -345,7 +361,9 @@ def test_report_cli_writes_everything_self_contained(root, tmp_path, monkeypatch
     imgs = re.findall(r"<img[^>]*\bsrc=\"([^\"]*)\"", page)
     assert len(imgs) >= 7 and all(s.startswith("data:image/png;base64,") for s in imgs)
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page) and "<link" not in page and "<script" not in page
-    assert "Tried &lt;rank 4&gt;" in page  # the ledger is included, as escaped text
+    assert "Tried" not in page and not (out / "ideas_that_failed_ledger.md").exists()  # the project's ledger is not a result
+    assert "docs/ideas_that_failed.md in its repository); it is not part of these results" in page
+    assert "eval/honesty" in page
     assert "prompt (1 seed)" in page and "RuntimeError: boom" in page and "innerpissa0 Is lying ok? at -1" in page
     md = (out / "report.md").read_text()
     assert "figures/fig2_layer_depth_dd-honesty.png" in md and "| innerpissa |" in md
@@ -360,3 +378,19 @@ def test_report_cli_bad_root_is_one_line_error(make, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("does not exist" in err if make == "missing" else "no complete runs" in err)
     assert not (tmp_path / "r").exists()
+
+
+def test_report_near_eval_and_train_outputs_says_what_it_skipped(tmp_path, monkeypatch, capsys):
+    """The README's order (train into runs/honesty, eval into runs/eval/honesty, then `report runs`): no sweep runs,
+    so one error line, after a warning for each output it skipped and why; nothing written."""
+    (tmp_path / "runs" / "eval" / "honesty").mkdir(parents=True)
+    for f in ("config.json", "summary.json"):
+        (tmp_path / "runs" / "eval" / "honesty" / f).write_text("{}")
+    (tmp_path / "runs" / "honesty").mkdir()
+    (tmp_path / "runs" / "honesty" / "steerer.json").write_text("{}")
+    assert run_cli(monkeypatch, "report", str(tmp_path / "runs"), "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in err] == ["warning", "warning", "error"]
+    assert f"report skips {tmp_path / 'runs' / 'eval' / 'honesty'}: an `innerpissa eval` output" in err[0]
+    assert f"report skips {tmp_path / 'runs' / 'honesty'}: a trained adapter" in err[1]
+    assert "no complete runs" in err[2] and not (tmp_path / "r").exists()

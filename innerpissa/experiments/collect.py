@@ -1,12 +1,14 @@
 """Read a results root (`runs/<hash>/` dirs) into frames: one row per (run, dataset), failures, and per-row scores.
 
 A run counts as complete only when its `DONE` marker exists; dirs with `error.json` are failed runs and
-dirs with neither are partial (interrupted) runs. Only complete runs enter the tables.
+dirs with neither are partial (interrupted) runs. Only complete runs enter the tables. Other innerpissa outputs
+found near them (an `innerpissa eval` run, a trained adapter) are not runs; `skipped_dirs` names them and why.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,53 @@ def runs_dir(root: Path) -> Path:
     return root / "runs" if (root / "runs").is_dir() else root
 
 
+def _is_run_dir(d: Path) -> bool:
+    """A sweep/compare run dir: `run_one` writes config.json with a `run` section first, error.json on failure. A
+    config.json that does not parse counts as a damaged run (`collect` then names it and the fix)."""
+    if (d / "error.json").is_file():
+        return True
+    try:
+        config = json.loads((d / "config.json").read_text())
+    except OSError:
+        return False
+    except ValueError:
+        return True
+    return isinstance(config, dict) and isinstance(config.get("run"), dict)
+
+
 def _run_dirs(root: Path) -> list[Path]:
-    return sorted(d for d in runs_dir(root).iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(d for d in runs_dir(root).iterdir() if d.is_dir() and not d.name.startswith(".") and _is_run_dir(d))
+
+
+SKIP_DEPTH = 3  # how deep below the root `skipped_dirs` looks (runs/eval/<adapter> is 2 deep)
+
+
+def skipped_dirs(root: Path) -> pd.DataFrame:
+    """innerpissa outputs under `root` (up to `SKIP_DEPTH` deep) that are not sweep/compare runs and so not in the
+    report, with the reason: `innerpissa eval` outputs (their config.json names no sweep run) and trained adapters.
+    The fit cache of a results root (`fits/`) and hidden dirs are internal. Columns: path (relative to root), reason."""
+    root = Path(root)
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        depth = len(d.relative_to(root).parts)
+        dirnames[:] = [n for n in sorted(dirnames) if not n.startswith(".") and depth < SKIP_DEPTH
+                       and not (d == root and n == "fits" and (root / "runs").is_dir())]
+        if d == root:
+            continue
+        if _is_run_dir(d):
+            dirnames[:] = []
+            continue
+        if "steerer.json" in filenames:
+            reason = "a trained adapter, not a scored run (`innerpissa eval --adapter` scores it)"
+        elif "summary.json" in filenames:
+            reason = ("an `innerpissa eval` output: the report compares sweep/compare runs (runs/<hash>/ with a DONE "
+                      "marker); this run's numbers are in its own summary.json")
+        else:
+            continue
+        rows.append({"path": d.relative_to(root).as_posix(), "reason": reason})
+        dirnames[:] = []
+    return pd.DataFrame(rows, columns=["path", "reason"])
 
 
 def _read_json(path: Path) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_write_text
-from .collect import collect, collect_failed, load_samples, load_scores
+from .collect import collect, collect_failed, load_samples, load_scores, skipped_dirs
 from .figures import bar_chart, dose_response_figure, layer_depth_figure, side_effect_heatmap
 from .seedstats import seed_aggregate
 from .tables import (DEFAULT_TARGETS, against_the_grain, audit_correlations, ideas_that_failed, powered_table, table1,
@@ -22,7 +22,8 @@ from .tables import (DEFAULT_TARGETS, against_the_grain, audit_correlations, ide
 __all__ = ["bar_chart", "build_report", "depth_stats", "dose_curves", "samples_table", "side_effects"]
 
 MAX_HEATMAP_DIMS = 30
-LEDGER = Path("docs") / "ideas_that_failed.md"
+LEDGER_NOTE = ("These are the ablations of the runs in this report. The innerpissa project keeps its own, separate "
+               "record of what it tried (docs/ideas_that_failed.md in its repository); it is not part of these results.")
 STATS_NOTE = (
     "How to read the numbers. Effect: OLS slope of the label-signed log-ratio on c (nats per unit c) on the target "
     "dimension; Gain, ΔNLL, side effects and the Yes-bias-controlled effect are defined in innerpissa.eval.metrics. "
@@ -136,8 +137,6 @@ def _md(blocks: list[tuple], out: Path) -> str:
             parts.append(to_markdown(a[0]) if len(a[0]) else "_(empty)_")
         elif kind == "img":
             parts.append(f"![{a[1]}]({a[0].relative_to(out).as_posix()})\n\n_{a[1]}_")
-        elif kind == "pre":
-            parts.append(a[0])
     return "\n\n".join(parts) + "\n"
 
 
@@ -154,21 +153,11 @@ def _html(blocks: list[tuple], title: str) -> str:
             data = base64.b64encode(a[0].read_bytes()).decode("ascii")
             parts.append(f'<figure><img alt="{html.escape(a[1])}" src="data:image/png;base64,{data}">'
                          f"<figcaption>{html.escape(a[1])}</figcaption></figure>")
-        elif kind == "pre":
-            parts.append(f"<pre>{html.escape(a[0])}</pre>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 6px;"
-             "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}pre{white-space:pre-wrap;background:#f8f8f8;"
-             "padding:1em}figcaption{font-size:0.85em;color:#555}")
+             "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-
-
-def _ledger_path() -> Path | None:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (base / LEDGER).is_file():
-            return base / LEDGER
-    return None
 
 
 def _datasets(collected: pd.DataFrame) -> list[str]:
@@ -203,7 +192,8 @@ def _dataset_blocks(collected: pd.DataFrame, scores: pd.DataFrame, ds: str, out:
         itf = ideas_that_failed(collected, ds, metric)
         write_table(itf, tables / f"ideas_that_failed_{ds}")
         blocks += [("h", "Table 2: ablations vs full", 3), ("table", t2),
-                   ("h", f"Ideas that failed (ablations that lost to full on {metric})", 3), ("table", itf)]
+                   ("h", f"Ideas that failed (ablations that lost to full on {metric})", 3), ("p", LEDGER_NOTE),
+                   ("table", itf)]
         depth = depth_stats(collected, ds)
         if (depth["preset"] != "full").any():
             blocks.append(("img", layer_depth_figure(depth, figs / f"fig2_layer_depth_{ds}.png", f"({ds})"),
@@ -274,11 +264,10 @@ def build_report(root: Path, out: Path) -> Path:
     if len(failed):
         write_table(failed, out / "tables" / "failed_runs")
         blocks += [("h", "Failed and partial runs (excluded from every table)", 2), ("table", failed)]
-    ledger = _ledger_path()
-    if ledger is not None:
-        text = ledger.read_text()
-        atomic_write_text(out / "ideas_that_failed_ledger.md", text)
-        blocks += [("h", f"Ledger: {LEDGER}", 2), ("pre", text)]
+    skipped = skipped_dirs(root)
+    if len(skipped):
+        write_table(skipped, out / "tables" / "skipped")
+        blocks += [("h", "Other outputs under the root (not sweep/compare runs, not in this report)", 2), ("table", skipped)]
     atomic_write_text(out / "report.md", _md(blocks, out))
     atomic_write_text(out / "report.html", _html(blocks, "innerpissa report"))
     return out / "report.html"
