@@ -335,26 +335,44 @@ def merge(
 def export(
     adapter: Path = typer.Option(..., help="directory written by `innerpissa train`"),
     coeff: list[float] = typer.Option(..., help="coefficient to freeze (repeatable: one adapter per value)"),
-    out: Path = typer.Option(..., help="output directory (one --coeff: the adapter; several: OUT/c+0.8, ...)"),
-    format: str = typer.Option("peft-lora", "--format", help="peft-lora: a standard peft LoRA adapter"),
+    out: Path = typer.Option(..., help="output (one --coeff: the adapter dir / .gguf file; several: OUT/c+0.8[.gguf], ...)"),
+    format: str = typer.Option("peft-lora", "--format", help="peft-lora: a standard peft LoRA adapter; "
+                               "gguf-lora: a llama.cpp / ollama GGUF LoRA adapter file"),
+    dtype: str = typer.Option("f32", "--dtype", help="gguf-lora tensor type: f32 or f16"),
     model: str | None = typer.Option(None, help="base model spec (default: the one the adapter was trained on)"),
     overwrite: bool = typer.Option(False, help="replace an existing OUT"),
 ) -> None:
-    """Write the adapter at each COEFF as an exact peft LoRA adapter (PeftModel.from_pretrained loads it)."""
+    """Write the adapter at each COEFF as an exact LoRA adapter (peft, or GGUF for llama.cpp / ollama)."""
     from .adapter.export import save_peft_lora
     from .io import atomic_dir
 
-    if format != "peft-lora":
-        raise UserError(f"unknown export format {format!r}; use --format peft-lora")
+    if format not in ("peft-lora", "gguf-lora"):
+        raise UserError(f"unknown export format {format!r}; use --format peft-lora or --format gguf-lora")
+    if dtype not in ("f32", "f16") or (format == "peft-lora" and dtype != "f32"):
+        raise UserError(f"--dtype {dtype}: use f32 or f16, and only with --format gguf-lora (peft-lora writes f32)")
     check_coeffs(coeff, "--coeff")
-    check_out(out, overwrite)
+    if format == "gguf-lora":
+        if out.exists() and out.is_dir() == (len(coeff) == 1):
+            raise UserError(f"--out {out} is a {'directory' if out.is_dir() else 'file'}; one --coeff writes a .gguf "
+                            "file, several write a directory of them")
+        if out.exists() and not overwrite:
+            raise UserError(f"--out {out} already exists; pass --overwrite to replace it or choose another --out")
+    else:
+        check_out(out, overwrite)
     m, _, steerer = _load_adapter_model(adapter, model)
     if steerer.name != "innerpissa":
         raise UserError(f"{adapter} holds a {steerer.name!r} steerer; export supports InnerPiSSA adapters only")
+    names = "" if len(coeff) == 1 else " (" + ", ".join(f"c{c:+g}" for c in coeff) + ")"
+    if format == "gguf-lora":
+        from .adapter.gguf_export import base_gguf_hint, save_gguf_loras
+
+        save_gguf_loras(m, coeff, out, dtype)
+        typer.echo(f"exported GGUF LoRA adapter(s) ({dtype}) at c={', '.join(f'{c:g}' for c in coeff)} to {out}"
+                   f"{names.replace(',', '.gguf,').replace(')', '.gguf)')}; pair with {base_gguf_hint(m)}")
+        return
     with atomic_dir(out) as tmp:
         for c in coeff:
             save_peft_lora(m, c, tmp if len(coeff) == 1 else tmp / f"c{c:+g}")
-    names = "" if len(coeff) == 1 else " (" + ", ".join(f"c{c:+g}" for c in coeff) + ")"
     typer.echo(f"exported peft LoRA adapter(s) at c={', '.join(f'{c:g}' for c in coeff)} to {out}{names}")
 
 

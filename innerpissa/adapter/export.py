@@ -34,13 +34,27 @@ def lora_factors(layer: InnerPiSSALinear, c: float) -> tuple[torch.Tensor, torch
     return layer.V.T.contiguous(), (layer.U @ layer.core_delta(c)).contiguous()
 
 
-def peft_lora(model: PreTrainedModel, c: float) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
-    """The peft LoraConfig and state dict (peft's key names) of the model's InnerPiSSA adapter frozen at c."""
+def exact_factors(model: PreTrainedModel, c: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) of every InnerPiSSA layer at c, by module name (the one source of every export format); a non-finite
+    c, a model without adapter layers or a non-finite factor raises ValueError."""
     if not math.isfinite(c):
         raise ValueError(f"export coefficient must be a finite number, got {c}")
     layers = adapter_layers(model)
     if not layers:
         raise ValueError("model has no InnerPiSSA layers to export: attach or load an adapter first")
+    out = {}
+    for n, layer in layers.items():
+        A, B = lora_factors(layer, c)
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise ValueError(f"adapter at c={c:g} gives a non-finite weight change in {n}; use a smaller |c|")
+        out[n] = (A, B)
+    return out
+
+
+def peft_lora(model: PreTrainedModel, c: float) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """The peft LoraConfig and state dict (peft's key names) of the model's InnerPiSSA adapter frozen at c."""
+    factors = exact_factors(model, c)
+    layers = adapter_layers(model)
     prefix = _layers_prefix(model)
     idx = sorted({int(n[len(prefix) + 1:].split(".")[0]) for n in layers})
     targets = sorted({n.split(".")[-1] for n in layers})
@@ -57,10 +71,7 @@ def peft_lora(model: PreTrainedModel, c: float) -> tuple[LoraConfig, dict[str, t
         raise ValueError(f"cannot express the adapted module set as peft target_modules + layers_to_transform: "
                          f"peft would also adapt {sorted(matched - set(layers))[:3]}")
     tensors = {}
-    for n, layer in layers.items():
-        A, B = lora_factors(layer, c)
-        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-            raise ValueError(f"adapter at c={c:g} gives a non-finite weight change in {n}; use a smaller |c|")
+    for n, (A, B) in factors.items():
         tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"] = A
         tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"] = B
     return cfg, tensors
