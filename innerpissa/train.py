@@ -415,7 +415,8 @@ class Trainer:
         b = self._encode(self.train_pairs, idx)
         ref = self._live_reference(b) if self.live_ref else self._ref_for(idx, self.cache, self.train_pairs, self._span(b))
         self.ramp = L.warmup_factor(step, self.total_steps, self.lcfg.warmup)
-        return self.step_loss(b, ref, self.u)
+        total, logged = self.step_loss(b, ref, self.u)
+        return total, {**logged, "ramp": self.ramp}  # the loss curve marks the warm-up from it
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss and shift, for the loop's log and early stopping."""

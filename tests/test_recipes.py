@@ -136,6 +136,26 @@ def test_cli_records_the_recipe_and_writes_the_loss_curve(run_cli, tmp_path):
     assert DEFAULT_RECIPE in RECIPES
 
 
+def test_loss_curve_marks_the_warmup_and_merges_equal_terms(tmp_path):
+    """antipasto ramps its constraints in over 40 % of 5 steps here: ramp = step / 2, so steps 1-2 (0-based 0, 1) are
+    the warm-up; its antiparallel term is logged as sep_pos = sep_neg, drawn once under both names (on this tiny
+    model the TV barrier stays inactive, coh_pos = coh_neg = 0, and is merged the same way)."""
+    from innerpissa.experiments.figures import loss_curve, loss_term_groups, warmup_steps
+
+    a, l, t = resolve("antipasto", SMALL_A, {**SMALL_L, "warmup": 0.4}, {**SMALL_T, "steps": 5})
+    tr, va = make_pairs(apply_data(load_concept("honesty"), "antipasto"))
+    model, tok = tiny_model()
+    history = Trainer(model, tok, tr, va, a, l, t, progress=False).run().history
+    assert [row["ramp"] for row in history] == [L.warmup_factor(s, 5, 0.4) for s in range(5)] == [0, 0.5, 1, 1, 1]
+    import pandas as pd
+
+    df = pd.DataFrame(history)
+    assert warmup_steps(df) == 2 and warmup_steps(df.assign(ramp=1.0)) is None and warmup_steps(df.drop(columns="ramp")) is None
+    assert (df["coh_pos"] == 0).all() and loss_term_groups(df) == [["sep_pos", "sep_neg"], ["coh_pos", "coh_neg"], ["mono"]]
+    assert loss_term_groups(df.assign(sep_neg=df["sep_pos"] + 1))[:2] == [["sep_pos"], ["sep_neg"]]
+    assert loss_curve(history, tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_every_position_reference_is_cached_exactly():
     """coh_positions='all' with the NLL barrier uses the cache: the cached per-token NLL and coherence mask of
     a batch equal a fresh frozen-model pass over every position (prompt included, padding excluded)."""

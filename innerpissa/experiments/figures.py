@@ -1,5 +1,5 @@
 """Report figures (PNG, written atomically): Table-1 bar chart, the powered Table 1 against its random null,
-dose-response, layer depth, side-effect heatmap.
+dose-response, layer depth, side-effect heatmap, and each fit's loss curve.
 
 Figures are drawn on `matplotlib.figure.Figure` (no pyplot state, no GUI backend). Every plotted number
 carries its 95% CI (error bars or bands) and its n (seeds) in the legend or labels.
@@ -144,20 +144,56 @@ def side_effect_heatmap(effects: pd.DataFrame, path: Path, title: str = "") -> P
     return _save(fig, path)
 
 
+LOSS_TERMS = {"sep_pos": ("C0", "-"), "sep_neg": ("C0", "--"), "coh_pos": ("C1", "-"), "coh_neg": ("C1", "--"),
+              "mono": ("C2", ":")}  # colour per term family, solid for c = +1, dashed for c = -1
+
+
+def loss_term_groups(history: pd.DataFrame) -> list[list[str]]:
+    """The logged loss terms to draw, terms with identical values merged into one group (e.g. the antiparallel
+    separation logs one shared term as sep_pos = sep_neg), so no curve hides another."""
+    groups: list[list[str]] = []
+    for k in (k for k in LOSS_TERMS if k in history):
+        same = next((g for g in groups if np.array_equal(history[g[0]].to_numpy(float), history[k].to_numpy(float),
+                                                       equal_nan=True)), None)
+        if same is None:
+            groups.append([k])
+        else:
+            same.append(k)
+    return groups
+
+
+def warmup_steps(history: pd.DataFrame) -> int | None:
+    """Last optimizer step of the constraint warm-up (the coherence and monotonic weights ramp from 0 to 1, logged
+    as `ramp`), or None when the history logs no ramp or it never ramps."""
+    if "ramp" not in history or not (history["ramp"] < 1).any():
+        return None
+    return int(history.loc[history["ramp"] < 1, "step"].max())
+
+
 def loss_curve(history: list[dict], path: Path) -> Path:
-    """Training curve of one fit: each loss term per step (left) and total train vs validation loss (right)."""
+    """Training curve of one fit: each loss term per step (left) and total train vs validation loss (right).
+
+    The constraint warm-up is shaded: while its weights ramp in, the total loss climbs by construction (it is
+    not diverging). Terms with equal values are drawn once, labelled with every name they carry."""
     df = pd.DataFrame(history)
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 5))
     ax_terms, ax_total = fig.subplots(1, 2)
-    for k in ("sep_pos", "sep_neg", "coh_pos", "coh_neg", "mono"):
-        if k in df:
-            ax_terms.plot(df["step"], df[k], label=k, lw=1)
+    for group in loss_term_groups(df):
+        color, style = LOSS_TERMS[group[0]]
+        zero = bool((df[group[0]] == 0).all())
+        ax_terms.plot(df["step"], df[group[0]], color=color, ls=style, lw=1.2,
+                      label=" = ".join(group) + (" = 0 throughout" if zero else ""))
     ax_terms.set(xlabel="optimizer step", ylabel="term value (unweighted)", title="loss terms (train)")
-    ax_terms.legend(fontsize=8)
     ax_total.plot(df["step"], df["loss"], label="train loss", lw=1, alpha=0.7)
     if "val_loss" in df:
         val = df.dropna(subset=["val_loss"])
         ax_total.plot(val["step"], val["val_loss"], "o-", label="validation loss")
     ax_total.set(xlabel="optimizer step", ylabel="total loss", title="train vs validation")
-    ax_total.legend(fontsize=8)
+    end = warmup_steps(df)
+    if end is not None:
+        for ax in (ax_terms, ax_total):
+            ax.axvspan(df["step"].min() - 0.5, end + 0.5, color="0.9", zorder=0, label=None if ax is ax_terms else
+                       f"constraint warm-up (steps ≤ {end}): weights ramp 0 → 1, the total rises by design")
+    for ax in (ax_terms, ax_total):  # below the axes: a legend inside would cover the curves
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     return _save(fig, path)
