@@ -69,6 +69,9 @@ def test_compare_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monke
     assert [f"run {i} of 3:" in log for i in (1, 2, 3)] == [True] * 3  # each run announced, also when piped
     table1_lines = printed.split("Table 1 · dd-honesty")[1].split("effect: side-balanced")[0].splitlines()
     assert max(map(len, table1_lines)) <= 120 and "vs random" in printed and "(1 seed, no CI)" not in printed
+    from innerpissa.eval.gate import NOT_MEASURED  # the prompting gate has no verdict for this model: said once
+
+    assert " ".join(printed.split()).count(f"warning: tiny-llama / dd-honesty: {NOT_MEASURED}") == 1
     # random is seeded (2 runs, 2 fits); pca is deterministic (1 run, marked "1 seed")
     assert counters == {"fit": 3, "eval": 3}
     for name in ("table1_dd-honesty.md", "table1_dd-honesty.csv", "table1_dd-honesty.tex", "table1_dd-honesty.png",

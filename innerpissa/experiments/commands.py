@@ -145,6 +145,7 @@ def compare(
     """Fit every method per seed on the same pairs, evaluate at the same coefficients, write Table 1."""
     from ..eval.calibrate import check_stat
     from ..eval.datasets import load_dataset
+    from ..eval.gate import gate_warnings
     from ..io import atomic_dir
     from .compare import compare_configs, run_compare
     from .tables import table1_console
@@ -171,6 +172,8 @@ def compare(
     cons.print("effect: side-balanced slope of the label-signed log-ratio on c (nats per unit c); 95% CI over seeds, or "
                "the run's own dilemma bootstrap for 1 seed. vs prompt / vs random: difference of the mean effects, no "
                "CI. ΔNLL: mean NLL increase at c = ±1.")
+    for line in gate_warnings(model, list(dict.fromkeys(d for c in cfgs for d in c.datasets))):
+        cons.print(f"[yellow]{line}[/yellow]")
     if res.against_the_grain is not None:
         cons.print(_rich(res.against_the_grain, "Against the grain: c = −1 vs the dishonest prompt"))
     else:
