@@ -39,7 +39,8 @@ from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
 from ..io import atomic_write_json, atomic_write_text
-from ..precision import cpu_record
+from ..precision import autocast, cpu_record
+from ..precision import resolve as resolve_precision
 from ..recipes import DEFAULT_RECIPE, get_recipe
 from ..models import DEFAULT_MODEL, load_model, tensors_sha256
 from ..eval.calibrate import Calibration, CalibratedSteerer, calibrate
@@ -311,26 +312,30 @@ def write_samples(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokeniz
 
 
 def probe_basis_cached(spec: str, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
-                       val: ContrastPairs) -> Any:
-    """`eval.control.probe_basis` of the cached model `spec` on these pairs, computed once per process (it is ~85 %
-    of the probe control's forwards and the same for every method fit on the same pairs)."""
+                       val: ContrastPairs, precision: str = "auto") -> Any:
+    """`eval.control.probe_basis` of the cached model `spec` on these pairs in `precision`, computed once per process
+    (it is ~85 % of the probe control's forwards and the same for every method fit on the same pairs)."""
     from ..eval.control import probe_basis
 
-    key = (spec, pairs_sha256(train, val))
+    key = (spec, pairs_sha256(train, val), resolve_precision(precision, model.device))
     if key not in _PROBE_BASES:
-        _PROBE_BASES[key] = probe_basis(model, tok, train, val)
+        with autocast(precision, model.device):
+            _PROBE_BASES[key] = probe_basis(model, tok, train, val)
     return _PROBE_BASES[key]
 
 
 def write_control(spec: str, model: PreTrainedModel, tok: PreTrainedTokenizerBase, steerer: Steerer,
-                  train: ContrastPairs, val: ContrastPairs, seed: int, out: Path) -> None:
+                  train: ContrastPairs, val: ContrastPairs, seed: int, out: Path, precision: str = "auto") -> None:
     """Both positive controls (`eval.control`: token log-probs and the hidden-state probe) on the held-out
-    validation pairs at c = ±1 (run units) -> control.json; the unsteered forwards are shared per pair set."""
+    validation pairs at c = ±1 (run units), in the run's evaluation precision -> control.json; the unsteered
+    forwards are shared per pair set."""
     from ..eval.control import controls
     from .evaluate import _clean
 
-    basis = probe_basis_cached(spec, model, tok, train, val)
-    atomic_write_json(out / "control.json", _clean(controls(model, tok, steerer, train, val, basis, seed=seed)))
+    basis = probe_basis_cached(spec, model, tok, train, val, precision)
+    with autocast(precision, model.device):
+        got = controls(model, tok, steerer, train, val, basis, seed=seed)
+    atomic_write_json(out / "control.json", _clean({**got, "precision": resolve_precision(precision, model.device)}))
 
 
 def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
@@ -390,9 +395,10 @@ def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
             train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
             steerer, _, _ = run_steerer(cfg, model, tok, train, val, root)
             if need_probe:
-                basis = probe_basis_cached(cfg.model, model, tok, train, val)
-                control.update(probe_control(model, tok, steerer, train, val, basis=basis, seed=cfg.seed),
-                               probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                basis = probe_basis_cached(cfg.model, model, tok, train, val, cfg.precision)
+                with autocast(cfg.precision, model.device):
+                    control.update(probe_control(model, tok, steerer, train, val, basis=basis, seed=cfg.seed),
+                                   probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 atomic_write_json(d / "control.json", _clean(control))
             if need_samples:
                 write_samples(cfg.model_copy(update={"samples": samples}), model, tok, steerer, eval_sets(cfg), d)
@@ -422,7 +428,7 @@ def run_one(cfg: RunConfig, root: Path) -> Path:
         model, tok = load_cached(cfg.model)
         train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
         steerer, fit_info, calibration = run_steerer(cfg, model, tok, train, val, root)
-        write_control(cfg.model, model, tok, steerer, train, val, cfg.seed, out)
+        write_control(cfg.model, model, tok, steerer, train, val, cfg.seed, out, cfg.precision)
         sets = eval_sets(cfg)
         evaluate_run(model, tok, steerer, sets, list(cfg.coeffs), out, seed=cfg.seed, calibration=calibration,
                      train_pairs=joined(train, val), batch_size=cfg.batch_size, max_length=cfg.max_length, pmass_min=cfg.pmass_min,
