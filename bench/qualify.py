@@ -141,24 +141,29 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=None, help="rows per set (smoke runs only)")
     ap.add_argument("--pmass-min", type=float, default=0.1, help="0 for the tiny random model's smoke run")
     ap.add_argument("--max-hours", type=float, default=None)
+    ap.add_argument("--phases", default="tune,report,null", help="which steps to run (the JSON covers all)")
     ap.add_argument("--aggregate-only", action="store_true")
     ap.add_argument("--name", default="qualify")
     ap.add_argument("--verdicts", type=Path, default=QUALIFY_PATH, help="the package's verdict file")
     args = ap.parse_args()
     models, concepts = args.models.split(","), args.concepts.split(",")
     t0 = time.perf_counter()
-    tunes = {(m, c): tune_cfgs(m, c, args.pmass_min, args.eval_limit) for m in models for c in concepts}
+    # the JSON covers every model and concept (reading finished runs is cheap); --models/--concepts pick what runs
+    shown_models = list(dict.fromkeys([*MODELS, *models])) if args.name == "qualify" else models
+    shown = [(m, c) for m in shown_models for c in dict.fromkeys([*CONCEPTS, *concepts])]
+    tunes = {(m, c): tune_cfgs(m, c, args.pmass_min, args.eval_limit) for m, c in shown}
 
     def report(failed: list[dict]) -> None:
-        results = {m: {c: record(m, c, tunes[m, c], args.root, args.pmass_min, args.eval_limit) for c in concepts}
-                   for m in models}
-        write(args.name, _clean({"models": models, "concepts": {c: datasets("", c) for c in concepts},
+        results: dict[str, dict[str, Any]] = {}
+        for m, c in shown:
+            results.setdefault(m, {})[c] = record(m, c, tunes[m, c], args.root, args.pmass_min, args.eval_limit)
+        write(args.name, _clean({"models": shown_models, "concepts": {c: datasets("", c) for c in CONCEPTS},
                                  "variants": VARIANTS, "null_seeds": NULL_SEEDS, "eval_limit": args.eval_limit,
                                  "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1),
                                  "failed": failed, "results": results}))
         verdicts = {m: {ds: {k: g[k] for k in ("variant", "effect", "ci_low", "ci_high", "p", "kl", "null_lo",
                                                  "null_hi", "null_n", "qualifies")}
-                        for rec in results[m].values() for ds, g in rec.get("sets", {}).items()} for m in models}
+                        for rec in results[m].values() for ds, g in rec.get("sets", {}).items()} for m in shown_models}
         if args.name == "qualify":  # smoke runs never touch the package's verdicts
             old = json.loads(args.verdicts.read_text()) if args.verdicts.is_file() else {}
             atomic_write_json(args.verdicts, _clean({**old, **{m: v for m, v in verdicts.items() if v}}))
@@ -167,10 +172,10 @@ def main() -> None:
 
     failed: list[dict] = []
     if not args.aggregate_only:
-        # steps: per model, tune -> prompt report -> null; the cheap model whole first, the nulls of the bigger
-        # models last (the prompting verdicts come first; the null band refines them)
-        steps = [(models[0], "tune"), (models[0], "report"), (models[0], "null")]
-        steps += [(m, p) for m in models[1:] for p in ("tune", "report")] + [(m, "null") for m in models[1:]]
+        # per model tune -> prompt report, then the nulls (the prompting verdicts come first; the band refines them)
+        phases = args.phases.split(",")
+        steps = [(m, p) for m in models for p in ("tune", "report") if p in phases]
+        steps += [(m, "null") for m in models if "null" in phases]
         for model, phase in steps:
             for concept in concepts:
                 tune = tunes[model, concept]

@@ -26,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from common import run_units, write  # noqa: E402
 
+from innerpissa.eval.gate import gate_warnings, qualification  # noqa: E402
 from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
 from innerpissa.experiments.compare import compare_configs, kl_budget  # noqa: E402
 from innerpissa.experiments.evaluate import _clean  # noqa: E402
@@ -49,7 +50,8 @@ SAMPLES = 8  # steered generations (c = -1, 0, +1) per run, in samples.json and 
 
 
 def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float], datasets: list[str], model: str,
-         eval_limit: int | None, n_pairs: int | None, pmass_min: float) -> list[RunConfig]:
+         eval_limit: int | None, n_pairs: int | None, pmass_min: float, one_seed: frozenset[str] = frozenset()
+         ) -> list[RunConfig]:
     """Every run, in the order that answers the main questions first: InnerPiSSA seed 0 and its first null (3 random
     seeds); seed 0 of every baseline; the seeds of InnerPiSSA and of the output-level rivals (issue 12's question);
     the rest of the null (every "beats random" verdict needs it, and a run without a fit is the cheapest); the other
@@ -67,7 +69,7 @@ def plan(methods: list[str], seeds: int, random_seeds: int, budgets: list[float]
 
     per_budget = []
     for kl in budgets:
-        main, rnd = cfgs(methods, seeds, kl), cfgs(["random"], random_seeds, kl)
+        main, rnd = [c for c in cfgs(methods, seeds, kl) if c.seed == 0 or c.method not in one_seed], cfgs(["random"], random_seeds, kl)
         head = [c for c in main if c.seed == 0][:1] + [c for c in rnd if c.seed < 3]
         rest = sorted((c for c in main if c not in head), key=phase)  # stable: method order within a phase
         null = [c for c in rnd if c.seed >= 3]
@@ -124,6 +126,7 @@ def main() -> None:
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--seeds", type=int, default=3, help="seeds of every method with randomness (LoRA family included)")
     ap.add_argument("--random-seeds", type=int, default=10, help="random-direction seeds: the null distribution")
+    ap.add_argument("--one-seed", default="", help="comma list of methods run at seed 0 only (compute-bound rivals)")
     ap.add_argument("--kl", default=KL_BUDGETS, help="comma list of KL budgets (mean token KL), gentle then strong")
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--eval-limit", type=int, default=None, help="rows per dataset (default: the whole reporting half)")
@@ -139,7 +142,7 @@ def main() -> None:
     args = ap.parse_args()
     budgets, datasets = [float(b) for b in args.kl.split(",")], args.datasets.split(",")
     cfgs = plan(args.methods.split(","), args.seeds, args.random_seeds, budgets, datasets, args.model,
-                args.eval_limit, args.n_pairs, args.pmass_min)
+                args.eval_limit, args.n_pairs, args.pmass_min, frozenset(filter(None, args.one_seed.split(","))))
     t0 = time.perf_counter()
 
     def report(failed: list[dict]) -> None:
@@ -150,14 +153,17 @@ def main() -> None:
         cpus = pd.Series([cpu_label(r.get("cpu")) for r in records]).value_counts()
         write(args.name, _clean({
             "model": args.model, "kl_budgets": budgets, "kl_stat": "mean",
-            "sizes": {"methods": args.methods, "seeds": args.seeds, "random_seeds": args.random_seeds,
+            "sizes": {"methods": args.methods, "seeds": args.seeds, "one_seed": args.one_seed, "random_seeds": args.random_seeds,
                       "datasets": datasets, "eval_part": "report", "eval_limit": args.eval_limit,
                       "n_pairs": args.n_pairs, "coeffs_budget_units": [-1, 0, 1]},
             "complete": n_done == len(cfgs), "n_runs_done": n_done, "n_runs_planned": len(cfgs),
             "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1), "compute_s_done_runs": round(compute, 1),
             "runs_per_cpu": {str(k): int(v) for k, v in cpus.items()},
+            "prompting_gate": {ds: qualification(args.model, ds) for ds in datasets},
             "failed": failed, **aggregate(cfgs, args.root, budgets, datasets, args.out)}))
 
+    for line in gate_warnings(args.model, datasets):  # said before the runs and kept in the JSON
+        print(line, flush=True)
     failed = [] if args.aggregate_only else run_units(cfgs, args.root, args.max_hours, report,
                                                            lock=not args.model.startswith("tiny-"))
     report(failed)
