@@ -136,6 +136,20 @@ def test_cli_records_the_recipe_and_writes_the_loss_curve(run_cli, tmp_path):
     assert DEFAULT_RECIPE in RECIPES
 
 
+def test_train_help_states_each_recipes_default_length(run_cli):
+    """`train --help` spells out every recipe's length (written out in cli.py so --help stays fast); it must match
+    the recipes."""
+    from innerpissa.cli import TRAIN_STEPS_HELP
+
+    for name in RECIPES:
+        t = resolve(name)[2]
+        length = (f"{t.steps} steps" if t.steps else
+                  f"{t.epochs:g} epochs, at most {t.max_steps} steps" + (", early stopping" if t.patience else ""))
+        assert f"{name}: {length}" in TRAIN_STEPS_HELP, name
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "antipasto: 2 epochs, at most 60 steps" in " ".join(out.replace("│", " ").split())
+
+
 def test_loss_curve_marks_the_warmup_and_merges_equal_terms(tmp_path):
     """antipasto ramps its constraints in over 40 % of 5 steps here: ramp = step / 2, so steps 1-2 (0-based 0, 1) are
     the warm-up; its antiparallel term is logged as sep_pos = sep_neg, drawn once under both names (on this tiny
