@@ -298,6 +298,9 @@ def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path: Path, conc
 def test_model_cache_reuses_clean_models_and_evicts_dirty_ones() -> None:
     a, _ = run_mod.load_cached("tiny-llama")
     assert run_mod.load_cached("tiny-llama")[0] is a
+    with torch.no_grad():  # transformers installs its own output-capturing hooks here: not a dirty model
+        a(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    assert run_mod.load_cached("tiny-llama")[0] is a
     handle = decoder_layers(a)[0].register_forward_hook(lambda *args: None)  # a leaked hook
     b, _ = run_mod.load_cached("tiny-llama")
     handle.remove()

@@ -201,9 +201,11 @@ _MODEL_CACHE: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, tuple]] 
 
 
 def _fingerprint(model: PreTrainedModel) -> tuple:
-    """Module structure, hook count and the state's sha256: any change means a run left the model dirty."""
+    """Module structure, hook count and the state's sha256: any change means a run left the model dirty. The
+    output-capturing hooks transformers installs on a model's first forward are part of the model, not a leak."""
     mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    hooks = sum(not getattr(h, "__module__", "").startswith("transformers.")
+                for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
     return mods, hooks, tensors_sha256(model.state_dict().items())
 
 
