@@ -428,3 +428,47 @@ def test_editing_a_recipe_changes_the_fit_and_run_hash(monkeypatch: pytest.Monke
     monkeypatch.setitem(recipes.RECIPES, "reprpo-v0", edited)
     after = (cfg.fit_hash(), cfg.content_hash())
     assert before[0] != after[0] and before[1] != after[1]
+
+
+def test_an_interrupted_innerpissa_fit_resumes_from_its_checkpoint(tmp_path: Path, concept, monkeypatch) -> None:
+    """A fit killed after its first checkpoint continues from it on the next call (the checkpoint lives under
+    ROOT/checkpoints/<fit-hash>/, outside the ignored fits/) and gives the adapter of an uninterrupted fit."""
+    from innerpissa.loop import Loop
+
+    cfg = RunConfig(model="tiny-llama", concept=concept, method="innerpissa", n_pairs=8,
+                    params={"recipe": "reprpo-v0", "train": {"steps": 4, "checkpoint_every": 2, "batch_size": 4}})
+    model, tok = run_mod.load_cached(cfg.model)
+    train, val = fit_pairs(cfg.concept, cfg.n_pairs, recipe=cfg.recipe())
+    whole, info = run_mod.fit_cached(cfg, model, tok, train, val, tmp_path / "a")
+    assert not info["resumed_from_checkpoint"] and not (tmp_path / "a" / "checkpoints" / cfg.fit_hash()).exists()
+
+    class Killed(Exception):
+        pass
+
+    saved = Loop.save_checkpoint
+
+    def save_then_die(self, step, result):
+        saved(self, step, result)
+        raise Killed
+
+    monkeypatch.setattr(Loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run_mod.fit_cached(cfg, model, tok, train, val, tmp_path / "b")
+    assert (tmp_path / "b" / "checkpoints" / cfg.fit_hash() / "checkpoint.json").is_file()
+    assert not (tmp_path / "b" / "fits" / cfg.fit_hash()).exists()
+    steps = []
+
+    def counted(self, step, result):
+        steps.append(step)
+        saved(self, step, result)
+
+    monkeypatch.setattr(Loop, "save_checkpoint", counted)
+    resumed, info = run_mod.fit_cached(cfg, model, tok, train, val, tmp_path / "b")
+    assert info["resumed_from_checkpoint"] and not (tmp_path / "b" / "checkpoints" / cfg.fit_hash()).exists()
+    assert steps and min(steps) > 2  # continued after the first checkpoint's step instead of starting over
+    for s in (whole, resumed):
+        s.save(tmp_path / f"saved_{id(s)}")
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(next((tmp_path / f"saved_{id(s)}").glob("*.safetensors"))) for s in (whole, resumed))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from ..precision import resolve as resolve_precision
 from ..recipes import DEFAULT_RECIPE, get_recipe
 from ..models import DEFAULT_MODEL, load_model, tensors_sha256
 from ..eval.calibrate import Calibration, CalibratedSteerer, calibrate
+from ..loop import CHECKPOINT_META
 from ..steerers import Steerer
 
 DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
@@ -246,12 +248,17 @@ def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerB
                              "delete that directory or use another --root")
         return steerers.load_steerer(model, fdir), {**info, "reused": True}
     steerer = steerers.get_steerer(cfg.method, **cfg.steerer_params())
+    # a steerer whose fit checkpoints (InnerPiSSA) writes ROOT/checkpoints/<fit-hash>/ as it trains and continues
+    # from there when a fit was interrupted, so a long fit survives the end of a session (commit that folder)
+    ckpt = Path(root) / "checkpoints" / cfg.fit_hash()
+    resumable = "ckpt_dir" in inspect.signature(steerer.fit).parameters
+    resume = resumable and (ckpt / CHECKPOINT_META).is_file()
     t0 = time.perf_counter()
-    steerer.fit(model, tok, train, val)
+    steerer.fit(model, tok, train, val, **({"ckpt_dir": ckpt, "resume": resume} if resumable else {}))
     info = {
         "fit_hash": cfg.fit_hash(), "key": cfg.fit_key(), "seconds": round(time.perf_counter() - t0, 3),
         "seed_dependent": cfg.method not in DETERMINISTIC, "n_train_pairs": len(train), "n_val_pairs": len(val),
-        "pairs_sha256": data,
+        "pairs_sha256": data, "resumed_from_checkpoint": resume,
     }
     tmp = fits / f".{cfg.fit_hash()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -266,6 +273,7 @@ def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerB
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the finished fit replaces its checkpoint
     return steerer, {**info, "reused": False}
 
 
