@@ -13,6 +13,7 @@ import typer.main
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.status import Status
 
     from .loop import TrainResult
 
@@ -144,6 +145,14 @@ def console() -> "Console":
     return c if c.is_terminal else Console(width=PIPE_WIDTH)
 
 
+def loading(spec: str) -> Status:
+    """A spinner on stderr while a model loads (its first use downloads and converts it: minutes); a terminal shows
+    it and it vanishes, so piped output and one-line errors stay as they are."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(f"loading {spec} (the first use of a model downloads and converts it)")
+
+
 # Written out, not computed: importing the recipes at startup would load torch for every `--help` (a test checks
 # these numbers against innerpissa.recipes).
 TRAIN_STEPS_HELP = ("optimizer steps, overriding the recipe's length (default: the recipe's. antipasto: 2 epochs, at "
@@ -212,7 +221,8 @@ def train(
     _check_train_out(out, resume, overwrite)
     ckpt = out / "checkpoint"
     on_interrupt(_checkpoint_note(ckpt, steerer.train_cfg.checkpoint_every, resume))
-    m, tok = load_model(model)
+    with loading(model):
+        m, tok = load_model(model)
     steerer.fit(m, tok, train_pairs, val_pairs, ckpt_dir=ckpt, resume=resume)
     steerer.save(out)
     atomic_write_json(out / PAIRS_FILE, pairs_record(spec, train_pairs, val_pairs, recipe=recipe))  # for eval's leakage check
@@ -280,8 +290,8 @@ def _load_adapter_model(adapter: Path, model: str | None):
     spec = model or read_json(meta).get("params", {}).get("model")
     if not spec:
         raise UserError(f"{adapter}/steerer.json names no base model; pass --model")
-    typer.echo(f"loading {spec} with the adapter in {adapter} ...", err=True)  # the first use of a model can take minutes
-    m, tok = load_model(spec)
+    with loading(spec):
+        m, tok = load_model(spec)
     return m, tok, load_steerer(m, adapter)
 
 

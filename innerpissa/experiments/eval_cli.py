@@ -10,7 +10,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from ..cli import app, check_coeffs, check_out, console, warn
+from ..cli import app, check_coeffs, check_out, console, loading, warn
 from ..concepts import ContrastPairs, load_concept
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
 from ..io import read_json
@@ -136,7 +136,8 @@ def eval_command(
     if not spec:
         raise ValueError(f"{meta} records no base model: pass --model")
     train, pairs_note = fitted_pairs(adapter, concept or params.get("concept"))
-    m, tok = load_model(spec)
+    with loading(spec):
+        m, tok = load_model(spec)
     steerer = load_steerer(m, adapter)
     calibration = calibrate(m, tok, steerer, kl, kl_stat)  # kl None: the KL at raw c = ±1, for the record
     if kl is not None:
