@@ -18,6 +18,7 @@ import importlib.metadata
 import math
 import platform
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,11 @@ def evaluate_run(
     if len({es.name for es in sets}) != len(sets):
         raise ValueError(f"two datasets share a name ({[es.name for es in sets]}): evaluate them in separate runs")
     out_dir = Path(out_dir)
-    tables, effects, curves, summary = [], [], {}, {}
+    tables, effects, curves, summary, seconds = [], [], {}, {}, {}
     for es in sets:
+        t0 = time.perf_counter()
         table = score(model, tok, steerer, es, coeffs, batch_size, max_length, pmass_min, seed, progress, precision)
+        seconds[es.name] = round(time.perf_counter() - t0, 2)  # every coefficient's pass, c = 0 from cache or not
         if isinstance(steerer, CalibratedSteerer):
             table["raw_coeff"] = table["coeff"].map(steerer.raw)
         eff = effects_by_dim(table, n_boot, seed)
@@ -180,8 +183,8 @@ def evaluate_run(
         "calibration": calibration.to_json() if calibration is not None else None,
         "overlap": {"checked": train_pairs is not None, "ngram": OVERLAP_NGRAM,
                     "n_train_pairs": len(train_pairs) if train_pairs is not None else None},
-        "datasets": {es.name: {"hash": es.content_hash(), "target_dim": es.target_dim, "n_rows": len(es), "info": es.info}
-                     for es in sets},
+        "datasets": {es.name: {"hash": es.content_hash(), "target_dim": es.target_dim, "n_rows": len(es), "info": es.info,
+                               "score_seconds": seconds[es.name]} for es in sets},
         "code": dict(code_version()), "versions": versions(),
     }))
     return summary
