@@ -1,5 +1,7 @@
-"""Paste Table 1's current tables (`results/quality/*.md`, written by `bench/quality.py`) into README.md between the
-`<!-- quality-tables -->` markers, so the README shows exactly what the bench aggregated, never a hand-copied number."""
+"""Paste the benches' current tables into README.md between their markers, so the README shows exactly what the
+benches aggregated, never a hand-copied number: Table 1 (`results/quality/*.md`, `bench/quality.py`) between
+`<!-- quality-tables -->` markers, the prompting gate (`results/qualify/qualify.md`, `bench/qualify.py`) between
+`<!-- qualify-table -->` markers."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +14,7 @@ from innerpissa.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- quality-tables -->", "<!-- /quality-tables -->"
+GATE = ("<!-- qualify-table -->", "<!-- /qualify-table -->")
 CAPTIONS = {"dd-honesty": "dd-honesty reporting half", "truthfulqa-sample-400": "TruthfulQA (400 questions × 2 orders)"}
 
 
@@ -33,12 +36,14 @@ def main() -> None:
     ap.add_argument("--tables", type=Path, default=ROOT / "results/quality")
     args = ap.parse_args()
     text = args.readme.read_text()
-    if text.count(START) != 1 or text.count(END) != 1:
-        print(f"error: {args.readme} needs exactly one {START} and one {END} marker; add them where the tables go",
-              file=sys.stderr)
-        sys.exit(2)
-    block = f"{START}\n{render(args.json, args.tables)}\n{END}"
-    atomic_write_text(args.readme, re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    blocks = {(START, END): render(args.json, args.tables), GATE: (ROOT / "results/qualify/qualify.md").read_text().strip()}
+    for (start, end), body in blocks.items():
+        if text.count(start) != 1 or text.count(end) != 1:
+            print(f"error: {args.readme} needs exactly one {start} and one {end} marker; add them where the tables go",
+                  file=sys.stderr)
+            sys.exit(2)
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
+    atomic_write_text(args.readme, text)
 
 
 if __name__ == "__main__":
