@@ -42,3 +42,19 @@ def test_verdict_file_gives_one_line_warnings(tmp_path: Path) -> None:
     path.write_text(json.dumps({"smollm2-135m": {"dd-honesty": {"qualifies": False}}}))
     assert qualification("SmolLM2", "dd-honesty", path) is False  # a built-in under another of its names
     assert gate_warnings("other", ["dd-honesty"], tmp_path / "missing.json") == [f"warning: other / dd-honesty: {NOT_MEASURED}"]
+
+
+def test_compare_uses_the_variant_chosen_on_the_tuning_half(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import innerpissa.eval.gate as gate
+    from innerpissa.experiments.compare import compare_configs
+
+    path = tmp_path / "qualify.json"
+    path.write_text(json.dumps({"qwen2.5-coder-1.5b": {"dd-honesty": {"qualifies": True, "variant": "engineered"}},
+                                "smollm2-135m": {"dd-honesty": {"qualifies": False, "variant": "persona"}}}))
+    monkeypatch.setattr(gate, "QUALIFY_PATH", path)
+
+    def prompt_params(model: str) -> dict:
+        return compare_configs(["prompt"], 1, model, "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])[0].params
+
+    assert prompt_params("qwen2.5-coder-1.5b") == {"variant": "engineered"}
+    assert prompt_params("smollm2-135m") == {} == prompt_params("tiny-llama")  # persona: the default, same hash

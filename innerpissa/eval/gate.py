@@ -40,17 +40,28 @@ def prompt_gate(table: pd.DataFrame, dim: str, null_effects: list[float] | None 
             "null_n": band["null_n"], "qualifies": bool(np.isfinite(s["ci_low"]) and s["ci_low"] > 0)}
 
 
-def qualification(model: str, dataset: str, path: Path = QUALIFY_PATH) -> bool | None:
-    """The recorded verdict for (model, dataset): True / False, None when it was never measured. A built-in model
-    is found under any of its names."""
+def _entry(model: str, dataset: str, path: Path) -> dict[str, Any] | None:
+    """The recorded gate entry of (model, dataset), a built-in model under any of its names; None if absent."""
+    path = path or QUALIFY_PATH  # read at call time, so a test can point it elsewhere
     if not path.is_file():
         return None
     spec = builtin(model)
-    entry = json.loads(path.read_text()).get(spec.name if spec else model, {}).get(dataset)
+    return json.loads(path.read_text()).get(spec.name if spec else model, {}).get(dataset)
+
+
+def qualification(model: str, dataset: str, path: Path | None = None) -> bool | None:
+    """The recorded verdict for (model, dataset): True / False, None when it was never measured."""
+    entry = _entry(model, dataset, path)
     return None if entry is None else bool(entry["qualifies"])
 
 
-def gate_warnings(model: str, datasets: list[str], path: Path = QUALIFY_PATH) -> list[str]:
+def chosen_variant(model: str, dataset: str, path: Path | None = None) -> str | None:
+    """The prompting variant chosen on `dataset`'s tuning half for `model` (the strongest there), None if unmeasured."""
+    entry = _entry(model, dataset, path)
+    return None if entry is None else entry.get("variant")
+
+
+def gate_warnings(model: str, datasets: list[str], path: Path | None = None) -> list[str]:
     """One line per dataset that has not qualified on `model` (or was never measured there)."""
     out = []
     for ds in datasets:

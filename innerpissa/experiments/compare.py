@@ -6,7 +6,9 @@ Seeds: deterministic methods (prompt, pca, mean_diff, sspace) run once (seed 0) 
 table: repeating them would add identical runs and a fake zero-width CI. `prompt` is only defined at
 c ∈ {−1, 0, +1}, so its runs use the requested coefficients that fall in that set.
 Aliases: `prompt_short` = `prompt` with the "Be honest." / "Be dishonest." variant, `prompt_engineered` with the
-engineered system prompts.
+engineered system prompts. Plain `prompt` is the strongest variant on the model's tuning half where
+`bench/qualify.py` measured one (`eval.gate.chosen_variant`: the engineered prompt on Qwen2.5-Coder-1.5B), else the
+persona line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 
 from .. import steerers
 from ..io import atomic_write_json
+from ..eval.gate import chosen_variant
 from ..recipes import RECIPES
 from .ablations import set_path
 from .run import DETERMINISTIC, OUTPUT_LEVEL, TRAINED, RunConfig
@@ -54,6 +57,9 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
     cfgs = []
     for name in methods:
         method, params = ALIASES.get(name, (name, {}))
+        if name == "prompt":  # the variant the gate chose on this model's tuning half, where it measured one
+            variant = chosen_variant(model, next((d for d in datasets if d.startswith("dd-")), datasets[0]))
+            params = {"variant": variant} if variant not in (None, "persona") else params
         if steps is not None and method in TRAINED:
             params = set_path(params, "train.steps", steps)
         elif steps is not None and method in OUTPUT_LEVEL:
