@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import run_units, write  # noqa: E402
 
 from innerpissa.eval.gate import gate_warnings, qualification  # noqa: E402
-from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
-from innerpissa.experiments.compare import compare_configs, kl_budget  # noqa: E402
+from innerpissa.experiments.collect import collect, kl_budget, load_scores  # noqa: E402
+from innerpissa.experiments.compare import compare_configs  # noqa: E402
 from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.figures import powered_forest  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402

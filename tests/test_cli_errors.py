@@ -272,7 +272,7 @@ def test_ctrl_c_in_train_says_what_was_saved_and_the_resume_works(ws, tmp_path, 
 
 
 def test_train_end_line_says_what_val_shift_and_a_sign_flip_mean():
-    from innerpissa.cli import train_note
+    from innerpissa.cli.train import train_note
     from innerpissa.loop import TrainResult
 
     plain = train_note(TrainResult(best_step=16, val_shift=0.1234))

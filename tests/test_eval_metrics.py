@@ -122,7 +122,7 @@ def test_coherent_range_by_hand() -> None:
 
 
 def test_eval_warns_for_coefficients_past_the_measured_coherent_range() -> None:
-    from innerpissa.experiments.eval_cli import incoherent_coeffs
+    from innerpissa.cli.eval import incoherent_coeffs
 
     shift = {-2.0: 0.3, -1.0: 0.4, 0.0: 0.0, 1.0: 0.2, 2.0: 0.6}  # ΔNLL at +2 is 0.6 > 0.5: coherent up to |c| = 1
     summary = {"dd": summarize(_nll_table(shift, {c: 0.9 for c in shift}), "t", n_boot=50)}

@@ -137,9 +137,9 @@ def test_cli_records_the_recipe_and_writes_the_loss_curve(run_cli, tmp_path):
 
 
 def test_train_help_states_each_recipes_default_length(run_cli):
-    """`train --help` spells out every recipe's length (written out in cli.py so --help stays fast); it must match
+    """`train --help` spells out every recipe's length (written out in cli/train.py so --help stays fast); it must match
     the recipes."""
-    from innerpissa.cli import TRAIN_STEPS_HELP
+    from innerpissa.cli.train import TRAIN_STEPS_HELP
 
     for name in RECIPES:
         t = resolve(name)[2]

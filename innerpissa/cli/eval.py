@@ -10,11 +10,11 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from ..cli import app, check_coeffs, check_out, console, loading, warn
 from ..concepts import ContrastPairs, load_concept
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, seen_pairs
 from ..io import read_json
 from ..precision import HELP as PRECISION_HELP, check as check_precision
+from .app import app, check_coeffs, check_out, console, loading, warn
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
@@ -113,7 +113,7 @@ def eval_command(
     from ..io import atomic_dir
     from ..models import load_model
     from ..steerers import load_steerer
-    from .evaluate import evaluate_run
+    from ..experiments.evaluate import evaluate_run
 
     cs = check_coeffs(coeffs, need_zero=True)
     check_precision(precision)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..cli import app, check_out, warn
+from .app import app, check_out, warn
 
 
 @app.command()
@@ -19,8 +19,8 @@ def report(
 ) -> None:
     """Build the paper report: Tables 1–2, ideas that failed, Figures 1–3, samples; markdown, LaTeX and one HTML file."""
     from ..io import atomic_dir
-    from .collect import skipped_dirs
-    from .report import build_report
+    from ..experiments.collect import skipped_dirs
+    from ..experiments.report import build_report
 
     check_out(out, overwrite)
     if runs_root.is_dir():  # a missing root is build_report's one-line error

@@ -11,13 +11,13 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from ..cli import COEFF_MAX, app, check_coeffs, check_out, console, on_interrupt, warn
+from ..experiments.compare import QUICK
 from ..models import DEFAULT_MODEL
 from ..precision import HELP as PRECISION_HELP, check as check_precision
-from .compare import QUICK
+from .app import COEFF_MAX, app, check_coeffs, check_out, console, on_interrupt, warn
 
 if TYPE_CHECKING:
-    from .run import RunConfig
+    from ..experiments.run import RunConfig
 
 
 def _rich(df: pd.DataFrame, title: str) -> Table:
@@ -52,7 +52,7 @@ def parse_budgets(value: str) -> list[float]:
 
 def _runs_note(cfgs: list[RunConfig], root: Path) -> Callable[[], str]:
     """The interrupt note of sweep/compare: how many of the runs are finished (kept on disk) and how to continue."""
-    from .run import is_done
+    from ..experiments.run import is_done
 
     def note() -> str:
         done = sum(is_done(c, root) for c in cfgs)
@@ -86,7 +86,7 @@ def sweep(
 ) -> None:
     """Expand SPEC into runs and execute them, skipping complete runs and recording failures."""
     from ..eval.datasets import load_dataset
-    from .sweep import check_methods, expand, load_spec, run_inprocess, run_ray, wandb_logger
+    from ..experiments.sweep import check_methods, expand, load_spec, run_inprocess, run_ray, wandb_logger
 
     check_out(root, True, "--root")  # a file is never a results root
     cfgs = expand(load_spec(spec))
@@ -147,8 +147,8 @@ def compare(
     from ..eval.datasets import load_dataset
     from ..eval.gate import gate_warnings
     from ..io import atomic_dir
-    from .compare import compare_configs, run_compare
-    from .tables import table1_console
+    from ..experiments.compare import compare_configs, run_compare
+    from ..experiments.tables import table1_console
 
     cs = check_coeffs(coeffs, need_zero=True)
     check_out(out, overwrite)

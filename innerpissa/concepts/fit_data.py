@@ -15,6 +15,7 @@ import json
 import random
 from typing import Any
 
+from ..recipes import apply_data
 from .pairs import ConceptError, ConceptSpec, ContrastPairs, load_concept, make_pairs
 
 PAIR_SEED = 0
@@ -26,8 +27,6 @@ def fit_spec(concept: str | ConceptSpec, recipe: str | None = None) -> ConceptSp
     spec = concept if isinstance(concept, ConceptSpec) else load_concept(concept)
     if recipe is None:
         return spec
-    from ..recipes import apply_data  # recipes import concepts: a top-level import would be circular
-
     return apply_data(spec, recipe)
 
 

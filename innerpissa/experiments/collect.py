@@ -166,3 +166,8 @@ def load_samples(root: Path, run_hashes: list[str]) -> pd.DataFrame:
         if path.is_file():
             rows += [{**s, "run_hash": h} for s in _read_json(path)]
     return pd.DataFrame(rows, columns=["run_hash", "prompt", "coeff", "completion"])
+
+
+def kl_budget(collected: pd.DataFrame) -> pd.Series:
+    """Each collected run's KL budget (NaN for raw-coefficient runs, including runs made before calibration)."""
+    return pd.to_numeric(collected.get("cfg.kl", pd.Series(index=collected.index, dtype=float)), errors="coerce")

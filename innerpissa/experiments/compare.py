@@ -79,11 +79,6 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
     return cfgs
 
 
-def kl_budget(collected: pd.DataFrame) -> pd.Series:
-    """Each collected run's KL budget (NaN for raw-coefficient runs, including runs made before calibration)."""
-    return pd.to_numeric(collected.get("cfg.kl", pd.Series(index=collected.index, dtype=float)), errors="coerce")
-
-
 @dataclass
 class CompareResult:
     """Display tables (Table 1 per dataset, against the grain) and the sweep summary."""
@@ -97,8 +92,8 @@ class CompareResult:
 def run_compare(cfgs: list[RunConfig], root: Path, out: Path, use_ray: bool = False,
                 address: str | None = None) -> CompareResult:
     """Run (or resume) the comparison runs, then write Table 1 (md/csv/tex + PNG) per dataset to `out`."""
-    from .collect import collect, load_scores
-    from .report import bar_chart
+    from .collect import collect, kl_budget, load_scores
+    from .figures import bar_chart
     from .tables import against_the_grain, table1, write_table
 
     summary = run_ray(cfgs, root, address=address) if use_ray else run_inprocess(cfgs, root)

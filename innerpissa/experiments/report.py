@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_write_text
-from .collect import collect, collect_failed, load_samples, load_scores, skipped_dirs
+from .collect import collect, collect_failed, kl_budget, load_samples, load_scores, skipped_dirs
 from .figures import bar_chart, dose_response_figure, layer_depth_figure, side_effect_heatmap
 from .seedstats import seed_aggregate
 from .tables import (DEFAULT_TARGETS, against_the_grain, audit_correlations, ideas_that_failed, powered_table, table1,
@@ -213,8 +213,6 @@ AUDIT_NOTE = (
 
 def _powered_blocks(collected: pd.DataFrame, scores: pd.DataFrame, ds: str, tables: Path) -> list[tuple]:
     """The audit correlations and, per KL budget (or raw c), effects pooled over seeds with paired differences."""
-    from .compare import kl_budget
-
     audit_t = audit_correlations(collected, ds)
     write_table(audit_t, tables / f"audit_{ds}")
     blocks: list[tuple] = [("h", "Audit of the published metrics", 3), ("p", AUDIT_NOTE), ("table", audit_t)]
