@@ -30,8 +30,8 @@ from innerpissa.concepts import load_concept  # noqa: E402
 from innerpissa.eval.control import null_band  # noqa: E402
 from innerpissa.eval.metrics import summarize  # noqa: E402
 from innerpissa.experiments.collect import collect, load_scores  # noqa: E402
-from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
+from innerpissa.io import json_safe  # noqa: E402
 from innerpissa.recipes import get_recipe  # noqa: E402
 
 HONESTY = "honesty"
@@ -245,7 +245,7 @@ def main() -> None:
 
 def _write(result: dict, cfgs: list[RunConfig], args: argparse.Namespace, failed: list, t0: float) -> None:
     n_done = sum((run_dir(c, args.root) / "DONE").is_file() for c in cfgs)
-    write(args.name, _clean({
+    write(args.name, json_safe({
         "model": args.model, "sizes": {"recipes": args.recipes, "budgets": args.budgets, "seeds": args.seeds,
                   "random_seeds": args.random_seeds, "kl_budget": args.kl, "kl_stat": "mean", "concept": args.concept, "dataset": args.dataset,
                   "eval_part": "report (all of its dilemmas)", "coeffs_budget_units": [-1, 0, 1]},

@@ -20,8 +20,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from common import heavy_lock, write  # noqa: E402
 
-from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_one, stored_run  # noqa: E402
+from innerpissa.io import json_safe  # noqa: E402
 from innerpissa.precision import cpu_record  # noqa: E402
 
 HEADLINE = ("effect", "ci_low", "ci_high", "raw_shift", "action_bias", "coeff_pos", "coeff_neg", "dnll")
@@ -81,8 +81,8 @@ def main() -> None:
                         "wall_seconds": {"recorded": record["wall_seconds"],
                                          "here": json.loads((new / "config.json").read_text())["wall_seconds"]},
                         "datasets": compare(old, new)})
-    print(json.dumps(_clean(results), indent=1))
-    write("cpu_recheck", _clean({"runs": results}))
+    print(json.dumps(json_safe(results), indent=1))
+    write("cpu_recheck", json_safe({"runs": results}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import summary, write  # noqa: E402
 
-from innerpissa.adapter.model import replace_module  # noqa: E402
+from innerpissa.surgery import replace_module  # noqa: E402
 from innerpissa.batching import encode_pairs  # noqa: E402
 from innerpissa.concepts import load_concept, make_pairs  # noqa: E402
 from innerpissa.config import LossConfig, TrainConfig  # noqa: E402

@@ -30,10 +30,9 @@ from quality import SAMPLES  # noqa: E402
 
 from innerpissa.eval.gate import QUALIFY_PATH, prompt_gate  # noqa: E402
 from innerpissa.experiments.compare import compare_configs  # noqa: E402
-from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 from innerpissa.experiments.tables import to_markdown  # noqa: E402
-from innerpissa.io import atomic_write_json, atomic_write_text  # noqa: E402
+from innerpissa.io import atomic_write_json, atomic_write_text, json_safe  # noqa: E402
 
 # run order: the cheap model first (checks the whole bench), then the decisive one, then the middle one
 MODELS = ("smollm2-135m", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
@@ -157,7 +156,7 @@ def main() -> None:
         results: dict[str, dict[str, Any]] = {}
         for m, c in shown:
             results.setdefault(m, {})[c] = record(m, c, tunes[m, c], args.root, args.pmass_min, args.eval_limit)
-        write(args.name, _clean({"models": shown_models, "concepts": {c: datasets("", c) for c in CONCEPTS},
+        write(args.name, json_safe({"models": shown_models, "concepts": {c: datasets("", c) for c in CONCEPTS},
                                  "variants": VARIANTS, "null_seeds": NULL_SEEDS, "eval_limit": args.eval_limit,
                                  "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1),
                                  "failed": failed, "results": results}))
@@ -166,7 +165,7 @@ def main() -> None:
                         for rec in results[m].values() for ds, g in rec.get("sets", {}).items()} for m in shown_models}
         if args.name == "qualify":  # smoke runs never touch the package's verdicts
             old = json.loads(args.verdicts.read_text()) if args.verdicts.is_file() else {}
-            atomic_write_json(args.verdicts, _clean({**old, **{m: v for m, v in verdicts.items() if v}}))
+            atomic_write_json(args.verdicts, json_safe({**old, **{m: v for m, v in verdicts.items() if v}}))
         Path("results/qualify").mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path("results/qualify") / f"{args.name}.md", table(results))
 

@@ -29,11 +29,10 @@ from common import run_units, write  # noqa: E402
 from innerpissa.eval.gate import gate_warnings, qualification  # noqa: E402
 from innerpissa.experiments.collect import collect, kl_budget, load_scores  # noqa: E402
 from innerpissa.experiments.compare import compare_configs  # noqa: E402
-from innerpissa.experiments.evaluate import _clean  # noqa: E402
 from innerpissa.experiments.figures import powered_forest  # noqa: E402
 from innerpissa.experiments.run import RunConfig, run_dir  # noqa: E402
 from innerpissa.experiments.tables import audit_correlations, powered_table, quality_rows, to_markdown  # noqa: E402
-from innerpissa.io import atomic_write_text  # noqa: E402
+from innerpissa.io import atomic_write_text, json_safe  # noqa: E402
 
 # InnerPiSSA (its default recipe, antipasto: the one recipe that passes the hidden-state positive control in the
 # budget bench) first: it is the paired reference; then the baselines, the output-level rivals, and InnerPiSSA under
@@ -151,7 +150,7 @@ def main() -> None:
         n_done, compute = len(records), sum(r.get("wall_seconds", 0.0) for r in records)
         # bf16 kernels round differently per CPU (bench/cpu_recheck.py): say which CPUs the runs came from
         cpus = pd.Series([cpu_label(r.get("cpu")) for r in records]).value_counts()
-        write(args.name, _clean({
+        write(args.name, json_safe({
             "model": args.model, "kl_budgets": budgets, "kl_stat": "mean",
             "sizes": {"methods": args.methods, "seeds": args.seeds, "one_seed": args.one_seed, "random_seeds": args.random_seeds,
                       "datasets": datasets, "eval_part": "report", "eval_limit": args.eval_limit,

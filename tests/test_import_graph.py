@@ -53,3 +53,10 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [m])
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_names_cross_modules():
+    modules = _modules()
+    crossing = [f"{m} imports {name} from {t}" for m, f in modules.items() for t, names in _imports(m, f, modules)
+                for name in names if name.startswith("_") and not name.startswith("__")]
+    assert not crossing, "underscore names imported from another module:\n" + "\n".join(crossing)

@@ -21,8 +21,9 @@ from transformers import PreTrainedModel
 
 from ..io import atomic_save_tensors
 from ..models import model_id
+from ..surgery import layers_prefix
 from .layer import InnerPiSSALinear
-from .model import _layers_prefix, adapter_layers
+from .model import adapter_layers
 
 WEIGHTS_FILE = "adapter_model.safetensors"  # peft's file names
 PEFT_PREFIX = "base_model.model."  # how PeftModelForCausalLM names the wrapped model's modules
@@ -55,7 +56,7 @@ def peft_lora(model: PreTrainedModel, c: float) -> tuple[LoraConfig, dict[str, t
     """The peft LoraConfig and state dict (peft's key names) of the model's InnerPiSSA adapter frozen at c."""
     factors = exact_factors(model, c)
     layers = adapter_layers(model)
-    prefix = _layers_prefix(model)
+    prefix = layers_prefix(model)
     idx = sorted({int(n[len(prefix) + 1:].split(".")[0]) for n in layers})
     targets = sorted({n.split(".")[-1] for n in layers})
     ranks = {n: layer.S.numel() for n, layer in layers.items()}

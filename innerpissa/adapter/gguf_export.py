@@ -26,8 +26,8 @@ from transformers import PreTrainedModel
 
 from ..io import atomic_dir, atomic_write
 from ..models import model_id
+from ..surgery import layers_prefix
 from .export import exact_factors
-from .model import _layers_prefix
 
 # HF model_type -> (llama.cpp architecture, whether convert_hf_to_gguf.py permutes q/k rows for it). Only
 # architectures whose converter mapping was read (LlamaModel: permute; Qwen2/Qwen3/Gemma3: none) are listed.
@@ -70,7 +70,7 @@ def gguf_lora(model: PreTrainedModel, c: float, dtype: str = "f32") -> tuple[str
         raise ValueError(f"export coefficient must be a finite number, got {c}")
     arch, permute = llama_cpp_arch(model)
     factors = exact_factors(model, c)
-    prefix = _layers_prefix(model)
+    prefix = layers_prefix(model)
     n_blocks = model.config.num_hidden_layers
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_blocks)
     kinds = {gguf.MODEL_TENSOR[k] for k in LORA_KINDS}

@@ -13,51 +13,17 @@ from transformers import PreTrainedModel
 from ..capture import capture
 from ..config import AdapterConfig
 from ..io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from ..models import decoder_layers, model_id, select_layers, tensors_sha256
+from ..models import decoder_layers, select_layers
+from ..surgery import AdapterMismatchError, check_fingerprint, fingerprint, linear_names, replace_module
 from .layer import InnerPiSSALinear, contrast_dims
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
 
 
-class AdapterMismatchError(ValueError):
-    """The saved adapter was made for a different base model."""
-
-
 def target_names(model: PreTrainedModel, cfg: AdapterConfig) -> list[str]:
     """Full module names to adapt; unknown module names raise with the list of valid ones."""
     return linear_names(model, select_layers(len(decoder_layers(model)), cfg.layers, cfg.layer_range), cfg.target_modules)
-
-
-def linear_names(model: nn.Module, layer_idx: list[int], targets: tuple[str, ...] | list[str]) -> list[str]:
-    """Full names of the linear modules called `targets` (last name part) in decoder layers `layer_idx`.
-
-    The one module finder of every weight-adapting method (InnerPiSSA, LoRA/DoRA/PiSSA); a module already
-    replaced by an adapter layer (it has a `base_layer`) still counts. Unknown names raise with the valid ones.
-    """
-    layers = decoder_layers(model)
-    prefix = _layers_prefix(model)
-
-    def linear(m: nn.Module) -> bool:
-        return isinstance(m, nn.Linear) or isinstance(getattr(m, "base_layer", None), nn.Linear)
-
-    valid = sorted({n.split(".")[-1] for n, m in layers[0].named_modules() if linear(m) and n.split(".")[-1] != "base_layer"})
-    unknown = [t for t in targets if t not in valid]
-    if unknown:
-        raise ValueError(f"unknown target module(s) {unknown}; valid linear modules: {', '.join(valid)}")
-    return [f"{prefix}.{i}.{n}" for i in layer_idx for n, m in layers[i].named_modules()
-            if linear(m) and n.split(".")[-1] in targets]
-
-
-def _layers_prefix(model: nn.Module) -> str:
-    layers = decoder_layers(model)
-    return next(n for n, m in model.named_modules() if m is layers)
-
-
-def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put `module` at the dotted path `name` (the one module-replacement step of every adapter)."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)
 
 
 def adapter_layers(model: nn.Module) -> dict[str, InnerPiSSALinear]:
@@ -138,35 +104,6 @@ def merge(model: PreTrainedModel, c: float) -> PreTrainedModel:
         W.copy_((W.float() + layer.delta_weight(c)).to(W.dtype))
         replace_module(model, name, layer.base_layer)
     return model
-
-
-def fingerprint(model: PreTrainedModel, names: list[str]) -> dict:
-    """Identify the base model: its name, layer count, target shapes and a sha256 of the target weights."""
-    weights = []
-    for n in names:
-        m = model.get_submodule(n)
-        weights.append((n, (m.base_layer if isinstance(m, InnerPiSSALinear) else m).weight))
-    return {
-        "model": model_id(model),
-        "n_layers": len(decoder_layers(model)),
-        "hidden_size": getattr(model.config, "hidden_size", None),
-        "shapes": {n: list(w.shape) for n, w in weights},
-        "weights_sha256": tensors_sha256(weights, header=False),
-    }
-
-
-def check_fingerprint(model: PreTrainedModel, names: list[str], saved: dict, what: str) -> None:
-    """Raise AdapterMismatchError unless `model`'s modules `names` have the `saved` fingerprint's shapes and
-    weights sha256 (`what` names the saved adapter in the message)."""
-    try:
-        fp = fingerprint(model, names)
-    except AttributeError:  # a module name this model does not have
-        fp = {"shapes": None}
-    if fp.get("shapes") != saved["shapes"] or fp.get("weights_sha256") != saved["weights_sha256"]:
-        raise AdapterMismatchError(
-            f"{what} was trained on base model {saved['model']!r} (weights sha256 "
-            f"{saved['weights_sha256'][:12]}), not this one ({model_id(model)!r}); load the matching base model"
-        )
 
 
 def save_adapter(model: PreTrainedModel, path: str | Path, extra: dict | None = None) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import math
 import platform
 import subprocess
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -35,24 +33,13 @@ from ..eval.datasets import EvalSet, limit_rows, load_dataset
 from ..eval.metrics import audit, dose_response, effects_by_dim, selectivity, summarize
 from ..eval.overlap import train_overlap
 from ..eval.score import NLL_STRIDE, describe, score
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json, json_safe
 from ..models import model_id, tensors_sha256
 from ..precision import resolve as resolve_precision
 from ..steerers import Steerer
 
 PACKAGES = ("torch", "transformers", "numpy", "pandas", "scipy", "statsmodels", "peft")
 OVERLAP_NGRAM = 8
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
-        obj = obj.item()
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def model_state_sha256(model: PreTrainedModel, n: int = 16) -> str:
@@ -165,7 +152,7 @@ def evaluate_run(
         tables.append(table)
         effects.append(eff.assign(dataset=es.name))
         curves[es.name] = dose_response(table, es.target_dim, n_boot, seed)
-    summary = _clean(summary)
+    summary = json_safe(summary)
     scores = pd.concat(tables, ignore_index=True)
     atomic_write(out_dir / "scores.parquet", lambda tmp: scores.to_parquet(tmp, index=False))
     eff_all = pd.concat(effects, ignore_index=True)
@@ -173,7 +160,7 @@ def evaluate_run(
     fig = plot_dose_response(curves, {es.name: es.target_dim for es in sets})
     atomic_write(out_dir / "dose_response.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_json(out_dir / "config.json", _clean({
+    atomic_write_json(out_dir / "config.json", json_safe({
         "model": model_id(model), "model_state_sha256": model_state_sha256(model),
         "steerer": {"method": steerer.name, "params": steerer.params()},
         "coeffs": coeffs, "seed": seed, "batch_size": batch_size, "max_length": max_length, "limit": limit,

@@ -39,7 +39,7 @@ from .. import steerers
 from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
 from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, json_safe
 from ..precision import autocast, cpu_record
 from ..precision import resolve as resolve_precision
 from ..recipes import DEFAULT_RECIPE, get_recipe
@@ -340,12 +340,11 @@ def write_control(spec: str, model: PreTrainedModel, tok: PreTrainedTokenizerBas
     validation pairs at c = ±1 (run units), in the run's evaluation precision -> control.json; the unsteered
     forwards are shared per pair set."""
     from ..eval.control import controls
-    from .evaluate import _clean
 
     basis = probe_basis_cached(spec, model, tok, train, val, precision)
     with autocast(precision, model.device):
         got = controls(model, tok, steerer, train, val, basis, seed=seed)
-    atomic_write_json(out / "control.json", _clean({**got, "precision": resolve_precision(precision, model.device)}))
+    atomic_write_json(out / "control.json", json_safe({**got, "precision": resolve_precision(precision, model.device)}))
 
 
 def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerBase, train: ContrastPairs,
@@ -391,7 +390,6 @@ def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
     Uses the cached fits and calibrations only (a run whose fit is gone is skipped, never refit); the unsteered
     probe basis is computed once per model and pair set. Returns the runs updated."""
     from ..eval.control import probe_control
-    from .evaluate import _clean
 
     done = []
     runs = sorted(d for d in (Path(root) / "runs").glob("*") if (d / "DONE").is_file() and (d / "control.json").is_file())
@@ -409,7 +407,7 @@ def backfill(root: Path, samples: int = 0, progress: bool = True) -> list[Path]:
                 with autocast(cfg.precision, model.device):
                     control.update(probe_control(model, tok, steerer, train, val, basis=basis, seed=cfg.seed),
                                    probe_added=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-                atomic_write_json(d / "control.json", _clean(control))
+                atomic_write_json(d / "control.json", json_safe(control))
             if need_samples:
                 write_samples(cfg.model_copy(update={"samples": samples}), model, tok, steerer, eval_sets(cfg), d)
             updated = True

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..batching import Batch, encode_pairs, last_token_hidden
+from ..batching import encode_pairs, last_token_hidden, sorted_chunks, unsort
 from ..concepts import ContrastPairs
 from ..models import decoder_layers, select_layers
 from .base import TensorSteerer, forward_hooks
@@ -77,26 +77,6 @@ def add_to_outputs(targets: Sequence[tuple[nn.Module, torch.Tensor]], c: float) 
         return handles
 
     return forward_hooks(factory)
-
-
-def sorted_chunks(batch: Batch, batch_size: int) -> tuple[torch.Tensor, list[Batch]]:
-    """Rows grouped by length into chunks with their leading pad columns cut (inputs are left-padded), so
-    fitting does not run the model on padding; returns (row order, chunks): chunk rows are batch[order]."""
-    lengths = batch.attention_mask.sum(1)
-    order = lengths.argsort(stable=True)
-    chunks = []
-    for s in range(0, len(batch), batch_size):
-        b = batch[order[s: s + batch_size]]
-        start = b.input_ids.shape[1] - int(lengths[order[s: s + batch_size]].max())
-        chunks.append(Batch(*(t[:, start:] for t in (b.input_ids, b.attention_mask, b.position_ids, b.completion_mask))))
-    return order, chunks
-
-
-def unsort(order: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Undo `sorted_chunks`' ordering: rows[i] belongs to batch row order[i]."""
-    out = torch.empty_like(rows)
-    out[order] = rows
-    return out
 
 
 def pair_hidden(

@@ -23,12 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..batching import chat_text, encode
+from ..batching import chat_text, encode, sorted_chunks, unsort
 from ..concepts import ContrastPairs
 from ..config import TrainConfig, validation_message
 from ..loop import TrainResult
 from ..loss import dpo
-from ._addition import sorted_chunks, unsort
 
 
 class PreferenceConfig(BaseModel):

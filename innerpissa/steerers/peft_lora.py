@@ -1,6 +1,6 @@
 """LoRA / DoRA / PiSSA baselines trained with the same ReprPO loss, steered by a signed coefficient.
 
-Each target nn.Linear is replaced (`adapter.replace_module`, the same surgery as InnerPiSSA) by peft's own
+Each target nn.Linear is replaced (`surgery.replace_module`, the same surgery as InnerPiSSA) by peft's own
 `lora.Linear` around the *unchanged* base layer; peft builds and initialises the adapter
 (`init_lora_weights=True | "pissa"`, `use_dora`). Its effective weight W'(θ) is W + s·BA (LoRA), W_res + s·BA
 with W_res = W − s·B₀A₀ (PiSSA), or m ⊙ (W + s·BA)/‖W + s·BA‖_row (DoRA, norm detached as in peft), s = α/r.
@@ -35,11 +35,11 @@ from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..adapter.model import _layers_prefix, check_fingerprint, fingerprint, linear_names, replace_module
 from ..concepts import ContrastPairs
 from ..config import LossConfig, TrainConfig, parse_section
 from ..io import atomic_save_tensors, load_tensors
 from ..models import decoder_layers, select_layers
+from ..surgery import check_fingerprint, fingerprint, layers_prefix, linear_names, replace_module
 from ..train import TrainResult, Trainer
 from ._addition import check_coeff
 from .base import Messages, save_meta
@@ -102,7 +102,7 @@ class PeftTrainable:
             return
         idx = select_layers(len(decoder_layers(self.model)), None, self.layer_range)
         names = linear_names(self.model, idx, self.targets)
-        prefix = _layers_prefix(self.model)
+        prefix = layers_prefix(self.model)
         if not names:
             raise ValueError(f"no modules named {self.targets} in the chosen layers")
         self.model.requires_grad_(False)

@@ -23,11 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..batching import Batch, encode_pairs
+from ..batching import Batch, encode_pairs, sorted_chunks, unsort
 from ..capture import capture
 from ..concepts import ContrastPairs
 from ..models import decoder_layers
-from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fitted_layers, layer_hparams, sorted_chunks, unsort
+from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fitted_layers, layer_hparams
 from .base import TensorSteerer
 
 
