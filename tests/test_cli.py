@@ -74,3 +74,13 @@ def test_bad_config_value_and_wrong_base(run_cli, saved, tmp_path):
     code, _, err = run_cli("merge", "--adapter", str(tmp_path / "a"), "--coeff", "1",
                         "--model", str(saved / "other"), "--out", str(tmp_path / "m"))
     assert code == 2 and "trained on base model" in err and not (tmp_path / "m").exists()
+
+
+def test_help_lists_commands_in_workflow_order():
+    """`innerpissa --help` lists the commands in the order a user meets them, whichever module registers each."""
+    import typer.main
+
+    from innerpissa.cli.app import app
+
+    assert list(typer.main.get_command(app).commands) == [
+        "train", "generate", "merge", "export", "sweep", "compare", "report", "eval"]

@@ -4,7 +4,11 @@
 commands on it, imported here in the order `--help` lists them.
 """
 
-from . import adapter, eval, report, runs, train  # noqa: F401  (registers the commands)
+from . import train  # noqa: F401, I001  (each import registers its commands, in this order)
+from . import adapter  # noqa: F401
+from . import runs  # noqa: F401
+from . import report  # noqa: F401
+from . import eval  # noqa: F401
 from .app import main
 
 __all__ = ["main"]
