@@ -15,7 +15,10 @@ from innerpissa.io import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- quality-tables -->", "<!-- /quality-tables -->"
 GATE = ("<!-- qualify-table -->", "<!-- /qualify-table -->")
-CAPTIONS = {"dd-honesty": "dd-honesty reporting half", "truthfulqa-sample-400": "TruthfulQA (400 questions × 2 orders)"}
+TESTBED = ("<!-- testbed-tables -->", "<!-- /testbed-tables -->")  # the comparison on Qwen2.5-Coder-1.5B
+TESTBED_MODEL = "qwen2.5-coder-1.5b"
+CAPTIONS = {"dd-honesty": "dd-honesty reporting half", "truthfulqa-sample-400": "TruthfulQA (400 questions × 2 orders)",
+            "truthfulqa-sample-200": "TruthfulQA (200 questions × 2 orders)"}
 
 
 def render(quality_json: Path, tables_dir: Path) -> str:
@@ -36,7 +39,8 @@ def main() -> None:
     ap.add_argument("--tables", type=Path, default=ROOT / "results/quality")
     args = ap.parse_args()
     text = args.readme.read_text()
-    blocks = {(START, END): render(args.json, args.tables), GATE: (ROOT / "results/qualify/qualify.md").read_text().strip()}
+    blocks = {(START, END): render(args.json, args.tables), GATE: (ROOT / "results/qualify/qualify.md").read_text().strip(),
+              TESTBED: render(ROOT / f"bench/results/quality_{TESTBED_MODEL}.json", ROOT / f"results/quality_{TESTBED_MODEL}")}
     for (start, end), body in blocks.items():
         if text.count(start) != 1 or text.count(end) != 1:
             print(f"error: {args.readme} needs exactly one {start} and one {end} marker; add them where the tables go",
