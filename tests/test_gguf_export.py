@@ -259,8 +259,9 @@ def test_cli_peft_refuses_f16(run_cli, saved):
 @pytest.mark.slow
 def test_llama_cpp_applies_the_export_like_our_steering():
     """llama.cpp itself (llama-cpp-python, `pip install -e .[gguf]`) on SmolLM2's Q4_1 base GGUF + our GGUF LoRA:
-    its next-token logit shift matches our steered − base shift (bench/gguf_export.py with a random-parameter
-    adapter and 8 prompts; the committed numbers use a trained adapter and 16)."""
+    its next-token logit shift matches our steered − base shift, exactly on the base dequantized to f32
+    (bench/gguf_export.py with a random-parameter adapter on all seven projections and 8 prompts; the committed
+    numbers use a trained adapter and 16)."""
     pytest.importorskip("llama_cpp")
     import importlib.util
     from pathlib import Path
@@ -269,10 +270,12 @@ def test_llama_cpp_applies_the_export_like_our_steering():
     spec = importlib.util.spec_from_file_location("bench_gguf_export", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    res = bench.run(random_params=0.01, n_pairs=4, coeffs=(1.0,))
+    res = bench.run(random_params=0.01, n_pairs=4, coeffs=(1.0,), targets=ALL)  # q/k: llama.cpp's row order
+    assert len(res["rows"]) == 4
     for row in res["rows"]:
         assert row["kl_base_vs_ours"] > 0.01, row  # the adapter changes the next-token distribution
-        if row["export"].startswith("peft"):
-            assert row["shift_rel_err"] < 1e-3, row
-        else:
-            assert row["shift_cosine"] >= 0.99 and row["kl_ratio"] <= 0.05, row
+        if row["export"] == "peft-lora" or "f32 GGUF" in row["runtime"]:  # exact up to float rounding
+            assert row["shift_rel_err"] < 1e-2 and row["kl_ratio"] < 1e-3, row
+        else:  # llama.cpp's 4-bit matmuls on the Q4_1 base add their own noise (cosine 0.974 for this adapter,
+            # whose shift is half the trained one's; 0.99 for the trained adapter in bench/results/gguf_export.json)
+            assert row["shift_cosine"] >= 0.95 and row["kl_ratio"] <= 0.05, row
