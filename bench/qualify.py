@@ -36,7 +36,7 @@ from innerpissa.io import atomic_write_json, atomic_write_text, json_safe  # noq
 
 # run order: the cheap model first (checks the whole bench), then the decisive one, then the middle one
 MODELS = ("smollm2-135m", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
-VARIANTS = {"persona": "prompt", "short": "prompt_short", "engineered": "prompt_engineered"}  # -> compare's name
+VARIANTS = {"persona": "prompt_persona", "short": "prompt_short", "engineered": "prompt_engineered"}  # -> compare's name
 CONCEPTS = {"honesty": "dd-honesty", "loyalty": "dd-loyalty"}
 TQA = {"smollm2-135m": "truthfulqa-sample-400"}  # SmolLM2's Table 1 sample; 200 questions on the bigger models
 NULL_SEEDS = 5

@@ -86,6 +86,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("INNERPISSA_CACHE", Path.home() / ".cache" / "innerpissa"))
 
 
+def base_cache_dir() -> Path | None:
+    """Where base-model forwards (c = 0 score rows, fit activations) are stored across processes:
+    $INNERPISSA_BASE_CACHE ("off" disables it), default `cache_dir()/base_rows`."""
+    env = os.environ.get("INNERPISSA_BASE_CACHE")
+    if env == "off":
+        return None
+    return Path(env) if env else cache_dir() / "base_rows"
+
+
 def builtin(spec: str) -> BuiltinModel | None:
     """The built-in model a spec names (case-insensitive, aliases included), else None."""
     key = spec.lower()

@@ -259,3 +259,34 @@ def test_smollm2_defaults_fit_and_c0_identity():
     assert sorted(done["mean_diff"].vectors()) == list(range(10, 21))
     keys = set(done["sspace"].tensors)
     assert keys == {f"layers.{l}.{m}" for l in range(10, 21) for m in ("self_attn.o_proj", "mlp.down_proj")}
+
+
+def test_fit_activations_are_stored_and_reused(tmp_path, monkeypatch, pairs):
+    """A second fit on the same forwards (another seed, another addition method) reads the stored activations: no
+    model forward, and the vectors equal a fit with the store off; a changed weight or layer set recomputes."""
+    model, tok = tiny_model(ARCHS[0])
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+
+    def fit(method: str, **kw):
+        s = get_steerer(method, **kw)
+        s.fit(model, tok, pairs[0])
+        return s.tensors
+
+    monkeypatch.setenv("INNERPISSA_BASE_CACHE", "off")
+    fresh = {m: fit(m) for m in ADDITION}
+    monkeypatch.setenv("INNERPISSA_BASE_CACHE", str(tmp_path))
+    fit("random", seed=1)
+    assert calls and len(list((tmp_path / "activations").glob("*.safetensors"))) == 1
+    calls.clear()
+    for m in ADDITION:
+        got = fit(m)
+        assert got.keys() == fresh[m].keys() and all(torch.equal(got[k], fresh[m][k]) for k in got)
+    assert not calls
+    fit("mean_diff", layers=[1])
+    assert calls, "another layer set must run the model"
+    calls.clear()
+    with torch.no_grad():
+        decoder_layers(model)[0].mlp.down_proj.weight.mul_(1.5)
+    fit("mean_diff")
+    assert calls, "changed weights must run the model"

@@ -53,8 +53,9 @@ def test_compare_uses_the_variant_chosen_on_the_tuning_half(tmp_path: Path, monk
                                 "smollm2-135m": {"dd-honesty": {"qualifies": False, "variant": "persona"}}}))
     monkeypatch.setattr(gate, "QUALIFY_PATH", path)
 
-    def prompt_params(model: str) -> dict:
-        return compare_configs(["prompt"], 1, model, "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])[0].params
+    def prompt_params(model: str, name: str = "prompt") -> dict:
+        return compare_configs([name], 1, model, "honesty", ["dd-honesty"], [-1.0, 0.0, 1.0])[0].params
 
     assert prompt_params("qwen2.5-coder-1.5b") == {"variant": "engineered"}
+    assert prompt_params("qwen2.5-coder-1.5b", "prompt_persona") == {}  # the gate's own persona runs stay persona
     assert prompt_params("smollm2-135m") == {} == prompt_params("tiny-llama")  # persona: the default, same hash

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..batching import Batch, Messages, chat_text, encode
-from ..models import cache_dir, tensors_sha256
+from ..models import base_cache_dir, tensors_sha256
 from ..precision import autocast, resolve
 from ..steerers.base import Steerer
 from .datasets import LABEL, EvalSet
@@ -272,15 +272,6 @@ def nll_offsets(row_ids: Sequence[Any], stride: int) -> np.ndarray:
     """Each row's prompt-NLL start offset in [0, stride): a hash of its row id, so the same at every c and in every
     run, and spread over the offsets across rows (which is what removes the template bias of a fixed offset)."""
     return np.array([zlib.crc32(str(r).encode()) % stride for r in row_ids], dtype=np.int64)
-
-
-def base_cache_dir() -> Path | None:
-    """Where c = 0 rows are stored across processes: $INNERPISSA_BASE_CACHE ("off" disables it), default
-    `cache_dir()/base_rows`."""
-    env = os.environ.get("INNERPISSA_BASE_CACHE")
-    if env == "off":
-        return None
-    return Path(env) if env else cache_dir() / "base_rows"
 
 
 def _load_base(key: str) -> tuple[dict[str, np.ndarray], np.ndarray] | None:

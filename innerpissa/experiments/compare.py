@@ -5,8 +5,8 @@ dishonest prompt). Runs go through the sweep machinery, so fits are cached by ha
 Seeds: deterministic methods (prompt, pca, mean_diff, sspace) run once (seed 0) and are marked "1 seed" in the
 table: repeating them would add identical runs and a fake zero-width CI. `prompt` is only defined at
 c ∈ {−1, 0, +1}, so its runs use the requested coefficients that fall in that set.
-Aliases: `prompt_short` = `prompt` with the "Be honest." / "Be dishonest." variant, `prompt_engineered` with the
-engineered system prompts. Plain `prompt` is the strongest variant on the model's tuning half where
+Aliases: `prompt_persona` = `prompt` with the persona line whatever the gate chose, `prompt_short` with the
+"Be honest." / "Be dishonest." variant, `prompt_engineered` with the engineered system prompts. Plain `prompt` is the strongest variant on the model's tuning half where
 `bench/qualify.py` measured one (`eval.gate.chosen_variant`: the engineered prompt on Qwen2.5-Coder-1.5B), else the
 persona line.
 """
@@ -32,6 +32,7 @@ from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 # (`innerpissa:seed`, ...: Table 1's "InnerPiSSA per recipe" rows; plain `innerpissa` is the default recipe, and
 # `innerpissa:<default>` is the same run)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "prompt_persona": ("prompt", {}),
     "prompt_short": ("prompt", {"variant": "short"}),
     "prompt_engineered": ("prompt", {"variant": "engineered"}),
     **{f"innerpissa:{r}": ("innerpissa", {"recipe": r}) for r in RECIPES},
