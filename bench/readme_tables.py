@@ -1,7 +1,11 @@
-"""Paste the benches' current tables into README.md between their markers, so the README shows exactly what the
-benches aggregated, never a hand-copied number: Table 1 (`results/quality/*.md`, `bench/quality.py`) between
-`<!-- quality-tables -->` markers, the prompting gate (`results/qualify/qualify.md`, `bench/qualify.py`) between
-`<!-- qualify-table -->` markers."""
+"""Paste the benches' current tables and the sentences built from them into README.md and docs/results.md, between
+their `<!-- name -->` / `<!-- /name -->` markers, so those pages show exactly what the committed JSONs hold, never
+a hand-copied number.
+
+README.md: `fresh-clone` (bench/fresh_clone.py), `testbed-headline` (the 1.5B comparison on dd-honesty) and
+`verdict` (its one-paragraph reading). docs/results.md: `qualify-table` (bench/qualify.py), `testbed-tables` (every
+table of the 1.5B comparison) and `quality-tables` (Table 1 on SmolLM2-135M, bench/quality.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,41 +17,117 @@ from pathlib import Path
 from innerpissa.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- quality-tables -->", "<!-- /quality-tables -->"
-GATE = ("<!-- qualify-table -->", "<!-- /qualify-table -->")
-TESTBED = ("<!-- testbed-tables -->", "<!-- /testbed-tables -->")  # the comparison on Qwen2.5-Coder-1.5B
 TESTBED_MODEL = "qwen2.5-coder-1.5b"
 CAPTIONS = {"dd-honesty": "dd-honesty reporting half", "truthfulqa-sample-400": "TruthfulQA (400 questions × 2 orders)",
             "truthfulqa-sample-200": "TruthfulQA (200 questions × 2 orders)"}
+FULL_NULL, FULL_SEEDS = 10, 3  # the plan's null and InnerPiSSA seeds: fewer is a first look
 
 
-def render(quality_json: Path, tables_dir: Path) -> str:
-    """The markdown between the markers: a status line, then one captioned table per dataset × budget."""
+def status(q: dict, path: Path) -> str:
+    """'Tables from <json> (<date>, commit <c>): n of m runs.'"""
+    m = q.get("machine", {})
+    return (f"Tables from `{path.relative_to(ROOT)}` ({m.get('date', '?')[:10]}, commit {m.get('git_commit', '?')}): "
+            f"{q['n_runs_done']} of {q['n_runs_planned']} runs.")
+
+
+def render(quality_json: Path, tables_dir: Path, only: str | None = None) -> str:
+    """A status line, then one captioned table per dataset × budget (`only`: one dataset)."""
     q = json.loads(quality_json.read_text())
-    parts = [f"Tables from `{quality_json.relative_to(ROOT)}`: {q['n_runs_done']} of {q['n_runs_planned']} runs."]
+    parts = [status(q, quality_json)]
     for kl in q["kl_budgets"]:
         for ds in q["tables"]:
-            path = tables_dir / f"powered_{ds}_kl{kl}.md"
-            parts.append(f"{CAPTIONS.get(ds, ds)}, KL {kl}:\n\n{path.read_text().strip()}")
+            if only is None or ds == only:
+                path = tables_dir / f"powered_{ds}_kl{kl}.md"
+                parts.append(f"{CAPTIONS.get(ds, ds)}, KL {kl}:\n\n{path.read_text().strip()}")
     return "\n\n".join(parts)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench/results/quality.json")
-    ap.add_argument("--tables", type=Path, default=ROOT / "results/quality")
-    args = ap.parse_args()
-    text = args.readme.read_text()
-    blocks = {(START, END): render(args.json, args.tables), GATE: (ROOT / "results/qualify/qualify.md").read_text().strip(),
-              TESTBED: render(ROOT / f"bench/results/quality_{TESTBED_MODEL}.json", ROOT / f"results/quality_{TESTBED_MODEL}")}
-    for (start, end), body in blocks.items():
+def ci(x: float, lo: float, hi: float) -> str:
+    return f"{x:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
+    """The comparison's reading on `dataset`, built from its JSON: InnerPiSSA against the prompt (paired) and
+    against the random null, and whether the runs needed for a verdict are in."""
+    q = json.loads(quality_json.read_text())
+    ((kl, rows),) = q["tables"][dataset].items()
+    by = {r["method"]: r for r in rows}
+    ip, pr = by.get("innerpissa"), by.get("prompt")
+    if ip is None or pr is None:
+        return f"No verdict: InnerPiSSA or the prompt has no finished run yet ({q['n_runs_done']} of {q['n_runs_planned']} runs)."
+    d = pr["paired_vs_innerpissa"]
+    if d["ci_low"] > 0:
+        paired = f"the prompt beats it, paired {ci(d['diff'], d['ci_low'], d['ci_high'])}"
+    elif d["ci_high"] < 0:
+        paired = f"it beats the prompt, paired prompt − InnerPiSSA {ci(d['diff'], d['ci_low'], d['ci_high'])}"
+    else:
+        paired = f"paired, prompt − InnerPiSSA is {ci(d['diff'], d['ci_low'], d['ci_high'])}: no difference"
+    null = ip["vs_random_null"]
+    if null["null_n"] >= 3:
+        vs_null = (f"It is {null['verdict']} the random null's 95 % prediction interval ({null['null_lo']:+.3f} … "
+                   f"{null['null_hi']:+.3f}, {null['null_n']} random directions at the same KL)")
+        pn = pr["vs_random_null"]
+        vs_null += f"; the prompt is {pn['verdict']} it."
+    else:
+        vs_null = f"The random null has {null['null_n']} of its {FULL_NULL} seeds: no band yet."
+    seeds = ip["n_seeds"]
+    final = null["null_n"] >= FULL_NULL and seeds >= FULL_SEEDS
+    head = "**Verdict" if final else f"**First look, not the verdict ({seeds} of {FULL_SEEDS} InnerPiSSA seeds, {null['null_n']} of {FULL_NULL} random seeds)"
+    return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** "
+            f"InnerPiSSA moves dd-honesty by {ci(ip['effect'], ip['ci_low'], ip['ci_high'])} nats per unit c "
+            f"against the prompt's {ci(pr['effect'], pr['ci_low'], pr['ci_high'])}; {paired}. {vs_null} "
+            f"InnerPiSSA's action bias (keenness to act, which the side-balanced effect does not count) is "
+            f"{ip['action_bias']:+.3f}, the prompt's {pr['action_bias']:+.3f}.")
+
+
+def fresh_clone(path: Path) -> str:
+    """The README's first lines: how long the two commands took from a fresh clone, and on what."""
+    if not path.is_file():
+        return "Not timed yet: `python bench/fresh_clone.py` times both from a fresh clone."
+    f = json.loads(path.read_text())
+    cpu = f["cpu"]
+    flags = "+".join(cpu.get("bf16_flags") or []) or "no bf16 flags"
+    parts = []
+    for name, r in f["commands"].items():
+        m, s = divmod(round(r["wall_s"]), 60)
+        extra = f", {r['pytest_summary']}" if name == "test" and r.get("pytest_summary") else ""
+        parts.append(f"`scripts/{name}.sh` {m} min {s:02d} s (exit {r['rc']}{extra}, load {r['load_avg_1min_at_start']:.1f} at start)")
+    conv = "already converted" if f["model_already_converted"] else "downloaded and converted in the run"
+    return (f"From a fresh clone with a new venv ({f['machine']['date'][:10]}, commit {f['commit']}, "
+            f"{cpu.get('model')} ({flags}), {f['machine']['cpu_count']} cores; default model {conv}): "
+            + "; ".join(parts) + ". Source: `bench/results/fresh_clone.json`.")
+
+
+def paste(path: Path, blocks: dict[str, str]) -> None:
+    """Replace each `<!-- name -->…<!-- /name -->` block of `path` with its new body; one-line error if a marker is missing."""
+    text = path.read_text()
+    for name, body in blocks.items():
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
         if text.count(start) != 1 or text.count(end) != 1:
-            print(f"error: {args.readme} needs exactly one {start} and one {end} marker; add them where the tables go",
+            print(f"error: {path} needs exactly one {start} and one {end} marker; add them where the text goes",
                   file=sys.stderr)
             sys.exit(2)
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
-    atomic_write_text(args.readme, text)
+    atomic_write_text(path, text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    args = ap.parse_args()
+    testbed_json = ROOT / f"bench/results/quality_{TESTBED_MODEL}.json"
+    testbed_tables = ROOT / f"results/quality_{TESTBED_MODEL}"
+    paste(args.readme, {
+        "fresh-clone": fresh_clone(ROOT / "bench/results/fresh_clone.json"),
+        "testbed-headline": render(testbed_json, testbed_tables, only="dd-honesty"),
+        "verdict": verdict(testbed_json),
+    })
+    paste(args.results, {
+        "qualify-table": (ROOT / "results/qualify/qualify.md").read_text().strip(),
+        "testbed-tables": render(testbed_json, testbed_tables),
+        "quality-tables": render(ROOT / "bench/results/quality.json", ROOT / "results/quality"),
+    })
 
 
 if __name__ == "__main__":
