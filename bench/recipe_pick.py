@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from innerpissa.concepts import load_concept
 from innerpissa.concepts.fit_data import fit_pairs
@@ -33,12 +32,7 @@ from common import RESULTS, write  # noqa: E402
 
 def val_metrics(tr: Trainer) -> dict[str, float]:
     """Separation on the validation pairs with the trained adapter: projection shifts and answer-gap changes."""
-    idx = list(range(len(tr.val_pairs)))
-    b = tr._encode(tr.val_pairs, idx)
-    ref = tr._live_reference(b) if tr.live_ref else tr._ref_for(idx, tr.val_cache, tr.val_pairs, tr._span(b))
-    tr.ramp = 1.0
-    with torch.no_grad():
-        _, logged = tr.step_loss(b, ref, tr.u)
+    _, logged = tr.objective.validation_step(tr.objective.u)
     return {k: logged[k] for k in ("shift_pos", "shift_neg", "dlp_pos", "dlp_neg", "loss")}
 
 
@@ -71,8 +65,8 @@ def main() -> None:
         nll, pmass = by_c["nll"].mean(), by_c["pmass"].mean()
         results[label] = {
             "recipe": recipe, "overrides": ov, "fit_s": round(fit_s, 1), "steps_run": len(res.history),
-            "total_steps": tr.total_steps, "best_step": res.best_step, "sign_flipped": res.sign_flipped,
-            "val_shift": res.val_shift, "val": vm, "n_train": len(train), "n_val_used": len(tr.val_pairs),
+            "total_steps": tr.objective.total_steps, "best_step": res.best_step, "sign_flipped": res.sign_flipped,
+            "val_shift": res.val_shift, "val": vm, "n_train": len(train), "n_val_used": len(tr.objective.val_pairs),
             "dnll_pos": float(nll[1.0] - nll[0.0]), "dnll_neg": float(nll[-1.0] - nll[0.0]),
             "pmass": {str(k): float(v) for k, v in pmass.items()}, "rows": len(es.rows),
             "history": res.history, "load": os.getloadavg()[0],

@@ -164,14 +164,14 @@ def train_section(model, tok, pairs, reps: int) -> tuple[dict, dict]:
 
     times = interleaved({**{p: (lambda p=p: step(p)) for p in trainers},
                          "bf16_bf16_attention": bf16_attention, "bf16_autocast_recast": bf16_recast}, reps)
-    n_ref = len({i for b in trainers["fp32"].batches for i in b}) + len(trainers["fp32"].val_pairs)
+    n_ref = len({i for b in trainers["fp32"].objective.batches for i in b}) + len(trainers["fp32"].objective.val_pairs)
     out = {"recipe": DEFAULT_RECIPE, "batch_pairs": tcfg.batch_size, "step_seconds": times,
            "bf16_step_ratio": med(times["bf16"]) / med(times["fp32"]),
            "bf16_step_ratio_bf16_attention": med(times["bf16_bf16_attention"]) / med(times["fp32"]),
            "bf16_step_ratio_autocast_recast": med(times["bf16_autocast_recast"]) / med(times["fp32"])}
-    used = sorted({i for b in trainers["bf16"].batches for i in b})
+    used = sorted({i for b in trainers["bf16"].objective.batches for i in b})
     phases = {"reference_cache_s": {"pairs": n_ref, **ref_s}, "train_step_s": {p: med(v) for p, v in times.items()},
-              "profile": {f"reference_cache_{p}": phase_profile(lambda tr=tr: tr._build_cache(tr.train_pairs, used))
+              "profile": {f"reference_cache_{p}": phase_profile(lambda o=tr.objective: o._build_cache(o.train_pairs, used))
                           for p, tr in trainers.items()}}
     phases["profile"].update({f"train_step_{p}": phase_profile(lambda p=p: step(p)) for p in trainers})
     t = time.perf_counter()

@@ -23,8 +23,9 @@ from common import summary, timed, write  # noqa: E402
 from innerpissa.concepts import load_concept, make_pairs  # noqa: E402
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig  # noqa: E402
 from innerpissa.models import decoder_layers, load_model, select_layers  # noqa: E402
+from innerpissa.objectives.reprpo import suffix_span  # noqa: E402
 from innerpissa.steerers.innerpissa import InnerPiSSASteerer  # noqa: E402
-from innerpissa.train import Trainer, _tc  # noqa: E402
+from innerpissa.train import Trainer  # noqa: E402
 
 
 def bare_fwd_bwd(trainer: Trainer, step: int) -> None:
@@ -32,14 +33,15 @@ def bare_fwd_bwd(trainer: Trainer, step: int) -> None:
 
     Gradients flow from the same outputs down to the first adapted layer, as in adapter training.
     """
-    b = trainer._encode(trainer.train_pairs, trainer.batches[step])
-    tc = _tc(b)
-    first = decoder_layers(trainer.model)[select_layers(len(decoder_layers(trainer.model)), trainer.adapter.cfg.layers,
-                                                        trainer.adapter.cfg.layer_range)[0]]
+    o = trainer.objective
+    b = o.encode(o.train_pairs, o.batches[step])
+    tc = suffix_span(b)
+    first = decoder_layers(o.model)[select_layers(len(decoder_layers(o.model)), o.adapter.cfg.layers,
+                                                  o.adapter.cfg.layer_range)[0]]
     h = first.register_forward_pre_hook(lambda m, args: (args[0].detach().requires_grad_(),) + args[1:])
     try:
         for _ in range(2):
-            out = trainer.model(**b.model_inputs(), logits_to_keep=tc + 1)
+            out = o.model(**b.model_inputs(), logits_to_keep=tc + 1)
             out.logits.float().log_softmax(-1).mean().backward()
     finally:
         h.remove()

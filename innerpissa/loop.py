@@ -7,8 +7,8 @@ parameters are kept and restored at the end, `patience` validations without impr
 early-stopping state are written atomically (safetensors + json, no pickle); `run(resume=True)` continues
 from them bit-identically, because the objective fixes its data order from the seed alone in `setup`.
 
-Objectives: ReprPO (`train.Trainer`, InnerPiSSA and the LoRA family) and DPO / BiPO
-(`steerers._preference.DPOObjective`). A new objective composes loss terms; it does not fork this loop.
+Objectives (`innerpissa.objectives`): ReprPO (`reprpo.ReprPOObjective`, InnerPiSSA and the LoRA family, run by
+`train.Trainer`) and DPO / BiPO (`dpo.DPOObjective`). A new objective composes loss terms; it does not fork this loop.
 """
 
 from __future__ import annotations

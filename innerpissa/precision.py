@@ -62,6 +62,13 @@ def check(precision: str) -> str:
     return precision
 
 
+def pick_device(name: str) -> torch.device:
+    """A fit's device (`TrainConfig.device`): `auto` -> cuda if available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def resolve(precision: str, device: torch.device | str) -> Literal["fp32", "bf16"]:
     """The concrete precision for `device`: `auto` -> bf16 where the hardware has it, else fp32."""
     if check(precision) != "auto":

@@ -15,10 +15,10 @@ from innerpissa.experiments.compare import compare_configs
 from innerpissa.loss import dpo
 from innerpissa.loop import Loop
 from innerpissa.models import decoder_layers
+from innerpissa.objectives.dpo import DPOObjective
 from innerpissa.steerers import get_steerer, load_steerer
 from innerpissa.steerers._addition import add_to_outputs
-from innerpissa.steerers._preference import (DPOObjective, loop_config, preference_config, preference_data,
-                                             reward_margins)
+from innerpissa.steerers._preference import loop_config, preference_config, preference_data, reward_margins
 from innerpissa.testing import tiny_model
 
 FAST = {"steps": 12, "batch_size": 4, "gen_tokens": 4}

@@ -16,9 +16,10 @@ from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
 from innerpissa.eval.datasets import limit_rows, load_dataset
 from innerpissa.eval.score import score
 from innerpissa.experiments.evaluate import evaluate_run
+from innerpissa.objectives.reprpo import suffix_span
 from innerpissa.steerers.innerpissa import InnerPiSSASteerer
 from innerpissa.testing import tiny_model
-from innerpissa.train import Trainer, _tc
+from innerpissa.train import Trainer
 
 BF16_LOGP_TOL = 0.05  # nats: max |log p_bf16 − log p_fp32| per token on the tiny model (measured 0.02)
 
@@ -129,14 +130,15 @@ def test_bf16_training_keeps_losses_grads_and_state_fp32(model) -> None:
     tr = Trainer(m, tok, tr_pairs.subset(list(range(8))), va_pairs.subset(list(range(4))), AdapterConfig(r=8),
                  LossConfig(), TrainConfig(steps=2, batch_size=4, n_val=4, precision="bf16"), progress=False)
     tr.prepare()
-    assert tr.precision == "bf16" and tr.cache[0][0].dtype == torch.float32  # reference states in the fp32 basis
-    idx = tr.batches[0]
-    b = tr._encode(tr.train_pairs, idx)
-    ref = tr._ref_for(idx, tr.cache, tr.train_pairs, _tc(b))
-    total, _ = tr.step_loss(b, ref, tr.u)
+    o = tr.objective
+    assert o.precision == "bf16" and o.cache[0].chosen.hs.dtype == torch.float32  # reference states in the fp32 basis
+    idx = o.batches[0]
+    b = o.encode(o.train_pairs, idx)
+    ref = o._ref_for(idx, o.cache, o.train_pairs, suffix_span(b))
+    total, _ = o.step_loss(b, ref, o.u)
     assert total.dtype == torch.float32
     tr.optimizer_step(0)
-    params = tr.adapter.parameters()
+    params = o.adapter.parameters()
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params)
     assert all(v.dtype == torch.float32 for st in tr.loop.opt.state.values() for k, v in st.items() if k != "step")
 
@@ -206,7 +208,7 @@ def test_cpu_bf16_autocast_runs_attention_in_fp32_and_restores_it(model, monkeyp
 def test_bf16_fit_casts_frozen_linears_once_same_result_and_restores_them(model, monkeypatch) -> None:
     """The bf16 weight copies a fit makes once (`precision.bf16_frozen_linears`) give bit-for-bit the adapter plain
     autocast gives, and the model's weights (tied lm_head included) come back as the same fp32 tensors."""
-    from innerpissa import train as T
+    from innerpissa.objectives import reprpo as T
     from innerpissa.experiments.evaluate import model_state_sha256
 
     m, tok = model
@@ -227,7 +229,7 @@ def test_bf16_fit_casts_frozen_linears_once_same_result_and_restores_them(model,
         tr = Trainer(m, tok, tr_pairs.subset(list(range(8))), va_pairs.subset(list(range(4))), AdapterConfig(r=8),
                      LossConfig(), TrainConfig(steps=2, batch_size=4, n_val=4, precision="bf16"), progress=False)
         tr.run()
-        out = [p.detach().clone() for p in tr.adapter.parameters()]
+        out = [p.detach().clone() for p in tr.objective.adapter.parameters()]
         A.remove(m)
         return out
 

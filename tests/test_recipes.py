@@ -76,7 +76,7 @@ def test_every_recipe_trains_finitely_and_keeps_c0_exact(name):
     res = trainer.run()
     assert len(res.history) == 3 and all(math.isfinite(r["loss"]) for r in res.history)
     assert torch.equal(model(ids).logits, base)  # adapter attached, c = 0: exactly the base model
-    _, shift = trainer.validate(trainer.u)  # measured again on the final adapter: +1 moves held-out pairs up
+    _, shift = trainer.objective.validate(trainer.objective.u)  # the final adapter, again: +1 moves held-out pairs up
     assert shift > 0 and res.val_shift == pytest.approx(shift, rel=1e-4)
 
 
@@ -84,9 +84,9 @@ def test_epochs_set_the_step_count_and_early_stopping_ends_the_run():
     tr, va = make_pairs(load_concept("honesty"))
     model, tok = tiny_model()
     t = TrainConfig(**{**SMALL_T, "steps": None, "epochs": 2, "max_steps": None})
-    assert Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).total_steps == 6
+    assert Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).objective.total_steps == 6
     t = TrainConfig(**{**SMALL_T, "steps": None, "epochs": 2, "max_steps": 5})
-    assert Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).total_steps == 5
+    assert Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8), t, progress=False).objective.total_steps == 5
     # min_delta so large that only the first validation counts as a best: stops after `patience` misses
     t = TrainConfig(**{**SMALL_T, "steps": None, "epochs": 10, "patience": 2, "min_delta": 1e9})
     model, tok = tiny_model()
@@ -177,11 +177,12 @@ def test_every_position_reference_is_cached_exactly():
     model, tok = tiny_model()
     t = Trainer(model, tok, tr, va, AdapterConfig(r=8), LossConfig(loss_r=8, coh_positions="all"),
                 TrainConfig(**{**SMALL_T, "steps": 2}), progress=False)
-    assert not t.live_ref
+    o = t.objective
+    assert not o.live_ref
     t.prepare()
-    idx = t.batches[0]
-    b = t._encode(t.train_pairs, idx)
-    cached, fresh = t._ref_for(idx, t.cache, t.train_pairs, t._span(b)), t._live_reference(b)
+    idx = o.batches[0]
+    b = o.encode(o.train_pairs, idx)
+    cached, fresh = o._ref_for(idx, o.cache, o.train_pairs, o._span(b)), o._live_reference(b)
     assert cached.nll.shape == fresh.nll.shape == (len(b), b.input_ids.shape[1] - 1)
     assert torch.equal(cached.coh_mask, fresh.coh_mask) and torch.equal(cached.mask, fresh.mask)
     assert cached.coh_mask.sum() > cached.mask.sum()  # the prompt tokens are covered, not only the suffix
@@ -226,7 +227,7 @@ def test_runs_stored_before_the_recipe_was_explicit_collect_as_reprpo_v0() -> No
 def test_live_reference_terms_skip_padding_exactly():
     """The TV barrier and the entropy margin read log-probs at real positions only; with a moved adapter they equal
     the same terms computed over every position of the padded batch (full-vocabulary log-softmax, padding masked)."""
-    from innerpissa.train import forward_logits
+    from innerpissa.objectives.reprpo import forward_logits
 
     # untruncated rows (so the batch is padded); a low TV threshold, since a random model's entropy is near log V
     a, l, t = resolve("antipasto", SMALL_A, {**SMALL_L, "tv_alpha": 0.01}, {**SMALL_T, "steps": 2, "max_length": 512})
@@ -238,15 +239,16 @@ def test_live_reference_terms_skip_padding_exactly():
     with torch.no_grad():
         for p in trainable_parameters(model):
             p.add_(0.3 * torch.randn(p.shape, generator=g))
-    b = trainer._encode(trainer.train_pairs, trainer.batches[0])
+    o = trainer.objective
+    b = o.encode(o.train_pairs, o.batches[0])
     assert (b.attention_mask == 0).any()  # the batch is padded, so skipping padding is exercised
-    _, logged = trainer.step_loss(b, trainer._live_reference(b), trainer.u)
+    _, logged = o.step_loss(b, o._live_reference(b), o.u)
 
     def full_logp(c: float) -> torch.Tensor:
-        with torch.no_grad(), trainer._ctx(c):
-            return forward_logits(model, b, trainer.loss_layer, l.last_n_tokens, trainer.basis)[1].float().log_softmax(-1)
+        with torch.no_grad(), o._ctx(c):
+            return forward_logits(model, b, o.loss_layer, l.last_n_tokens, o.basis)[1].float().log_softmax(-1)
 
-    n, cm, cmp = len(b) // 2, trainer._coh_mask(b), b.completion_mask[:, 1:].float()
+    n, cm, cmp = len(b) // 2, o._coh_mask(b), b.completion_mask[:, 1:].float()
     ref = full_logp(0.0)
     h = L.token_entropy(ref)
     lp = {}

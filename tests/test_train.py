@@ -7,8 +7,9 @@ from innerpissa import loss as L
 from innerpissa.adapter import steer, trainable_parameters
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
+from innerpissa.loop import TrainingDiverged
 from innerpissa.testing import tiny_model
-from innerpissa.train import Trainer, TrainingDiverged
+from innerpissa.train import Trainer
 
 PAIRS = make_pairs(load_concept("honesty"))
 ACFG = AdapterConfig(r=8, layer_range=(0.0, 1.0))
@@ -24,21 +25,23 @@ def _trainer(tmp=None, arch="llama", **tkw):
 
 def _fixed_batch_loss(tr, idx):
     """The training loss of the pairs `idx` at the adapter's current parameters (same batch, same reference)."""
-    b = tr._encode(tr.train_pairs, idx)
+    o = tr.objective
+    b = o.encode(o.train_pairs, idx)
     with torch.no_grad():
-        return float(tr.step_loss(b, tr._reference(tr.train_pairs, idx), tr.u)[0])
+        return float(o.step_loss(b, o._reference(o.train_pairs, idx), o.u)[0])
 
 
 def _val_shift_by_hand(tr):
     """Mean (+1) − (−1) projection of the validation pairs on u, over |reference projection|, from the model's own
     hidden states (output_hidden_states, not the trainer's hook), in units of the mean |reference projection|."""
-    b = tr._encode(tr.val_pairs, list(range(len(tr.val_pairs))))
-    n, N = len(b) // 2, tr.lcfg.last_n_tokens
+    o = tr.objective
+    b = o.encode(o.val_pairs, list(range(len(o.val_pairs))))
+    n, N = len(b) // 2, o.lcfg.last_n_tokens
 
     def proj(c):
-        with torch.no_grad(), steer(tr.model, c):
-            h = tr.model(**b.model_inputs(), output_hidden_states=True).hidden_states[tr.li + 1][:, -N:].float()
-        z = h @ tr.basis @ tr.u  # [2n, N]
+        with torch.no_grad(), steer(o.model, c):
+            h = o.model(**b.model_inputs(), output_hidden_states=True).hidden_states[o.li + 1][:, -N:].float()
+        z = h @ o.basis @ o.u  # [2n, N]
         return (z[:n] - z[n:]).mean(-1)
 
     ref = proj(0.0)
@@ -52,11 +55,11 @@ def test_training_reduces_loss_and_separates_both_ways(arch):
     tr = _trainer(arch=arch, steps=20, eval_every=10)
     res = tr.run()
     if res.sign_flipped:
-        tr.adapter.flip()  # compare the parameters training produced, before orientation
-    idx = tr.batches[0]
+        tr.objective.adapter.flip()  # compare the parameters training produced, before orientation
+    idx = tr.objective.batches[0]
     after = _fixed_batch_loss(tr, idx)
     with torch.no_grad():
-        for p, p0 in zip(trainable_parameters(tr.model), trainable_parameters(init.model)):
+        for p, p0 in zip(trainable_parameters(tr.objective.model), trainable_parameters(init.objective.model)):
             p.copy_(p0)
     assert _fixed_batch_loss(tr, idx) > after  # the same batch's loss is lower after training than at init
     last = res.history[-1]
@@ -74,12 +77,12 @@ def test_orientation_makes_plus_c_move_validation_pairs_up():
 def test_resume_after_interruption_gives_the_same_adapter(tmp_path):
     full = _trainer(tmp_path / "a")
     full.run()
-    want = [p.detach().clone() for p in trainable_parameters(full.model)]
+    want = [p.detach().clone() for p in trainable_parameters(full.objective.model)]
     crashed = _trainer(tmp_path / "b")
     crashed.run(stop_after=4)  # checkpoint at step 4 exists, then "crash"
     resumed = _trainer(tmp_path / "b")
     res = resumed.run(resume=True)
-    got = trainable_parameters(resumed.model)
+    got = trainable_parameters(resumed.objective.model)
     assert len(res.history) == 8
     assert all(torch.equal(a, b) for a, b in zip(want, got))
 
@@ -99,7 +102,7 @@ def test_nan_loss_stops_names_term_and_rolls_back(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     ckpt = load_file(str(tmp_path / "checkpoint.safetensors"))
-    for i, p in enumerate(trainable_parameters(tr.model)):
+    for i, p in enumerate(trainable_parameters(tr.objective.model)):
         assert torch.equal(p.detach(), ckpt[f"param.{i}"])
 
 
@@ -107,11 +110,11 @@ def test_orientation_flips_a_reversed_adapter():
     tr = _trainer(steps=12)
     res = tr.run()
     with torch.no_grad():
-        for p in trainable_parameters(tr.model):
+        for p in trainable_parameters(tr.objective.model):
             p.neg_()  # now +c moves the wrong way
-    _, shift = tr.validate(tr.u)
+    _, shift = tr.objective.validate(tr.objective.u)
     assert shift < 0
-    tr.orient(res)
+    tr.objective.orient(res)
     assert res.sign_flipped and res.val_shift == pytest.approx(-shift, rel=1e-4)
 
 

@@ -9,8 +9,9 @@ from innerpissa.adapter import adapter_layers, trainable_parameters
 from innerpissa.adapter.layer import contrast_dims, rotation
 from innerpissa.concepts import load_concept, make_pairs
 from innerpissa.config import AdapterConfig, LossConfig, TrainConfig
+from innerpissa.objectives.reprpo import suffix_span
 from innerpissa.testing import tiny_model
-from innerpissa.train import Trainer, _tc
+from innerpissa.train import Trainer
 
 PAIRS = make_pairs(load_concept("honesty"))
 ACFG = AdapterConfig(r=8, layer_range=(0.0, 1.0))
@@ -27,17 +28,18 @@ def _trainer(acfg=ACFG, **tkw):
 def test_cached_reference_equals_recomputed():
     probe = _trainer()
     probe.prepare()
-    idx = probe.batches[0]
-    b = probe._encode(probe.train_pairs, idx)
-    from_cache = probe._ref_for(idx, probe.cache, probe.train_pairs, _tc(b))
-    fresh = probe._reference(probe.train_pairs, idx)  # the same micro-batch, forwarded now
+    o = probe.objective
+    idx = o.batches[0]
+    b = o.encode(o.train_pairs, idx)
+    from_cache = o._ref_for(idx, o.cache, o.train_pairs, suffix_span(b))
+    fresh = o._reference(o.train_pairs, idx)  # the same micro-batch, forwarded now
     for key in ("hs", "nll", "mask"):
         assert torch.allclose(getattr(from_cache, key), getattr(fresh, key), atol=1e-5), key
     cached, live = _trainer(), _trainer(cache_reference=False)
     rc, rl = cached.run(), live.run()
     for hc, hl in zip(rc.history, rl.history):
         assert hc["loss"] == pytest.approx(hl["loss"], rel=1e-4, abs=1e-6)
-    for pc, pl in zip(trainable_parameters(cached.model), trainable_parameters(live.model)):
+    for pc, pl in zip(trainable_parameters(cached.objective.model), trainable_parameters(live.objective.model)):
         assert torch.allclose(pc, pl, atol=1e-5)
 
 
@@ -47,8 +49,8 @@ def test_grad_accum_equals_the_large_batch_for_a_per_pair_loss():
     batch statistics (ratio of means, hinge of means), for which accumulation is the mean of micro-batch losses."""
     def per_pair_loss(tr):
         def loss(b, ref, u):
-            with tr._ctx(1.0):
-                out = tr.model(**b.model_inputs(), logits_to_keep=1)
+            with tr.objective._ctx(1.0):
+                out = tr.objective.model(**b.model_inputs(), logits_to_keep=1)
             return out.logits[:, -1].float().pow(2).mean(), {"loss": 0.0}
         return loss
 
@@ -56,12 +58,12 @@ def test_grad_accum_equals_the_large_batch_for_a_per_pair_loss():
     for bs, ga in ((8, 1), (4, 2)):
         tr = _trainer(batch_size=bs, grad_accum=ga, steps=1)
         tr.prepare()
-        tr.step_loss = per_pair_loss(tr)
+        tr.objective.step_loss = per_pair_loss(tr)
         tr.optimizer_step(0)
-        grads.append([p.grad.clone() for p in trainable_parameters(tr.model)])
+        grads.append([p.grad.clone() for p in trainable_parameters(tr.objective.model)])
         if ga == 2:
-            assert sorted(tr.batches[0] + tr.batches[1]) == sorted(big)
-        big = tr.batches[0]
+            assert sorted(tr.objective.batches[0] + tr.objective.batches[1]) == sorted(big)
+        big = tr.objective.batches[0]
     for g8, g44 in zip(*grads):
         assert torch.allclose(g8, g44, rtol=1e-4, atol=1e-7)
 
@@ -69,20 +71,20 @@ def test_grad_accum_equals_the_large_batch_for_a_per_pair_loss():
 def test_patience_stops_early_and_keeps_the_best_validated_adapter(monkeypatch):
     tr = _trainer(steps=12, eval_every=1, patience=2)
     scripted = iter([3.0, 2.0, 2.5, 2.6] + [0.1] * 9)  # best at step 2, then 2 worse
-    monkeypatch.setattr(tr, "validate", lambda u: (next(scripted), 1.0))
+    monkeypatch.setattr(tr.objective, "validate", lambda u: (next(scripted), 1.0))
     after_step = {}
     step = tr.loop.optimizer_step
 
     def record(i):
         out = step(i)
-        after_step[i + 1] = [p.detach().clone() for p in trainable_parameters(tr.model)]
+        after_step[i + 1] = [p.detach().clone() for p in trainable_parameters(tr.objective.model)]
         return out
 
     monkeypatch.setattr(tr.loop, "optimizer_step", record)
     res = tr.run()
     assert len(res.history) == 4 and sorted(after_step) == [1, 2, 3, 4]  # stopped after the 2nd bad validation
     assert (res.best_step, res.best_val) == (2, 2.0)
-    for p, best in zip(trainable_parameters(tr.model), after_step[2]):
+    for p, best in zip(trainable_parameters(tr.objective.model), after_step[2]):
         assert torch.equal(p, best)  # the step-2 adapter, not the last one
 
 
@@ -94,10 +96,11 @@ def test_data_dims_through_the_trainer_use_the_training_pairs():
     # the kept directions are the contrast directions of the trainer's first 64 training pairs
     model, tok = tiny_model("llama")
     names = A.target_names(model, acfg)
-    b = tr._encode(tr.train_pairs, list(range(min(64, len(tr.train_pairs)))))
+    pairs = tr.objective.train_pairs
+    b = tr.objective.encode(pairs, list(range(min(64, len(pairs)))))
     contrast = A.collect_module_inputs(model, names, b.model_inputs(), len(b) // 2, LCFG.last_n_tokens)
     differs = 0
-    for name, layer in adapter_layers(tr.model).items():
+    for name, layer in adapter_layers(tr.objective.model).items():
         W = layer.base_layer.weight.detach().float()
         _, S, Vh = torch.linalg.svd(W, full_matrices=False)
         dims = contrast_dims(S, Vh.T, *contrast[name], 4)
@@ -119,7 +122,7 @@ def test_matrix_exp_rotation_by_hand_and_through_training():
     tr = _trainer(AdapterConfig(r=8, layer_range=(0.0, 1.0), rotation="matrix_exp"), steps=4)
     res = tr.run()
     assert res.history[-1]["shift_pos"] > 0 > res.history[-1]["shift_neg"]
-    for layer in adapter_layers(tr.model).values():
+    for layer in adapter_layers(tr.objective.model).values():
         R, _ = layer.rotations(1.0)
         assert torch.allclose(R @ R.T, torch.eye(R.shape[0]), atol=1e-5)
 

@@ -1,5 +1,5 @@
-"""Preference data from persona pairs and the DPO objective shared by the output-level rivals `bipo` and
-`dpo_lora` (trained by `loop.Loop`, the loop every trainable method shares: checkpoints and resume included).
+"""Preference data from persona pairs for the output-level rivals `bipo` and `dpo_lora`, whose DPO objective
+(`objectives.dpo`) is trained by `loop.Loop`, the loop every trainable method shares: checkpoints and resume included.
 
 Preference data (BiPO/DPO style, built from our contrastive pairs): for pair i the frozen base model greedily
 continues the shared suffix for `gen_tokens` tokens once under the positive persona (→ y_w) and once under the
@@ -14,7 +14,6 @@ Log-probs are summed over the continuation tokens only (the suffix is shared con
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ContextManager
 
 import torch
@@ -26,8 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..batching import chat_text, encode, sorted_chunks, unsort
 from ..concepts import ContrastPairs
 from ..config import TrainConfig, validation_message
-from ..loop import TrainResult
-from ..loss import dpo
+from ..objectives.dpo import PreferenceData, seq_logps
 
 
 class PreferenceConfig(BaseModel):
@@ -53,24 +51,6 @@ def preference_config(method: str, **values: Any) -> PreferenceConfig:
         raise ValueError(f"bad hyper-parameters for method {method!r}: {validation_message(e)}") from None
 
 
-@dataclass
-class PreferenceData:
-    """Rows [0, n): x + y_w, rows [n, 2n): x + y_l, left-padded [2n, T]; `target` marks the y tokens."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    target: torch.Tensor
-    ref_logp: torch.Tensor  # [2n] summed log-probs of y under the base model
-    gen_tokens: int
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0] // 2
-
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """Row indices of pairs `idx`: their y_w rows, then their y_l rows."""
-        return torch.cat([idx, idx + len(self)])
-
-
 def _continuations(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: list[list[dict[str, str]]],
                    cfg: PreferenceConfig, progress: bool) -> list[list[int]]:
     """Greedy `gen_tokens`-token continuations of each conversation's final assistant message, cut at the first
@@ -91,17 +71,6 @@ def _continuations(model: PreTrainedModel, tok: PreTrainedTokenizerBase, convs: 
         end = next((i for i, t in enumerate(ids) if t in special), len(ids))
         cut.append(ids[:end])
     return cut
-
-
-def seq_logps(model: PreTrainedModel, data: PreferenceData, rows: torch.Tensor) -> torch.Tensor:
-    """Summed log-probs of the y tokens of `rows` under the model as it is now (steering hooks included): [len(rows)]."""
-    device = next(model.parameters()).device
-    ids, mask, tgt = (t[rows].to(device) for t in (data.input_ids, data.attention_mask, data.target))
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    k = data.gen_tokens  # y sits in the last k columns (left padding): logits of the k+1 last positions suffice
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=k + 1).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, -k:, None]).squeeze(-1)
-    return (logp * tgt[:, -k:]).sum(-1)
 
 
 def preference_data(model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs,
@@ -157,52 +126,6 @@ def reward_margins(model: PreTrainedModel, data: PreferenceData, steer: Callable
 def loop_config(cfg: PreferenceConfig) -> TrainConfig:
     """The shared loop's settings for a DPO-style fit: AdamW (no weight decay) at a constant rate, no clipping."""
     return TrainConfig(lr=cfg.lr, weight_decay=0.0, schedule="constant", steps=cfg.steps, grad_accum=1)
-
-
-class DPOObjective:
-    """The DPO loss over `params` for `cfg.steps` random batches, for `loop.Loop` (no validation: the last step wins).
-
-    bidirectional=False: standard DPO with the policy at c = +1. bidirectional=True (BiPO): each step draws
-    d ∈ {+1, −1}, runs the policy at c = d and flips the preference with it (`loss.dpo(..., sign=d)`).
-    """
-
-    validates, early_stop_from, shown = False, 0, ("loss", "sign")
-
-    def __init__(self, model: PreTrainedModel, data: PreferenceData, params: list[nn.Parameter],
-                 steer: Callable[[float], ContextManager[None]], cfg: PreferenceConfig, bidirectional: bool) -> None:
-        self.model, self.data, self.params, self.steer = model, data, params, steer
-        self.cfg, self.bidirectional, self.total_steps = cfg, bidirectional, cfg.steps
-
-    def setup(self) -> None:
-        """Draw every step's batch and sign up front from the seed (so a resumed run draws the same)."""
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        self.draws: list[tuple[torch.Tensor, float]] = []
-        for _ in range(self.total_steps):
-            idx = torch.randperm(len(self.data), generator=gen)[: self.cfg.batch_size]
-            d = -1.0 if self.bidirectional and torch.rand((), generator=gen) < 0.5 else 1.0
-            self.draws.append((idx, d))
-
-    def parameters(self) -> list[nn.Parameter]:
-        """The trained tensors (steering vectors or LoRA factors)."""
-        return self.params
-
-    def loss(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """DPO loss of step `step`'s batch with the policy at c = d (one micro-batch per step)."""
-        idx, d = self.draws[step]
-        rows = self.data.rows(idx)
-        with self.steer(d):
-            logp = seq_logps(self.model, self.data, rows)
-        ref = self.data.ref_logp[rows].to(logp.device)
-        b = len(idx)
-        loss = dpo(logp[:b], logp[b:], ref[:b], ref[b:], self.cfg.beta, sign=d)
-        return loss, {"sign": d, "loss": float(loss.detach())}
-
-    def evaluate(self) -> dict[str, float]:
-        """Never called (validates is False): the fit's validation is `fit_record`'s reward margins."""
-        return {}
-
-    def finish(self, result: TrainResult) -> None:
-        """Nothing to do after training: +c is the preferred direction by construction."""
 
 
 def fit_record(model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None,

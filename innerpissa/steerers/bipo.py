@@ -24,8 +24,9 @@ from ..concepts import ContrastPairs
 from ..io import atomic_write_json
 from ..loop import Loop
 from ..models import decoder_layers
+from ..objectives.dpo import DPOObjective
 from ._addition import AdditionSteerer, add_to_outputs, fitted_layers
-from ._preference import DPOObjective, fit_record, loop_config, preference_config, preference_data
+from ._preference import fit_record, loop_config, preference_config, preference_data
 
 
 class BiPOSteerer(AdditionSteerer):

@@ -20,7 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..concepts import ContrastPairs
 from ..io import atomic_write_json
 from ..loop import Loop
-from ._preference import DPOObjective, fit_record, loop_config, preference_config, preference_data
+from ..objectives.dpo import DPOObjective
+from ._preference import fit_record, loop_config, preference_config, preference_data
 from .peft_lora import PeftSteerer, PeftTrainable
 
 
