@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -37,6 +38,19 @@ def parse_section(cls: type[_Strict], values: dict | None, name: str) -> _Strict
         return cls(**values)
     except ValidationError as e:
         raise ValueError(f"bad config value {validation_message(e, name)}") from None
+
+
+def set_path(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of nested `params` with the dotted `path` ("train.steps") set to `value`."""
+    out = copy.deepcopy(params)
+    *parents, leaf = path.split(".")
+    node = out
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config path {path!r} goes through {p!r}, which is not a mapping")
+    node[leaf] = value
+    return out
 
 
 class AdapterConfig(_Strict):

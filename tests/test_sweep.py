@@ -15,8 +15,9 @@ import yaml
 from innerpissa import steerers
 from innerpissa.concepts.fit_data import PAIRS_FILE, fit_pairs, pairs_sha256, seen_pairs
 from innerpissa.experiments import run as run_mod
-from innerpissa.experiments.ablations import ABLATION_RECIPE, PRESETS, apply_preset
+from innerpissa.experiments.ablations import PRESETS, apply_preset
 from innerpissa.experiments.run import RunConfig
+from innerpissa.steerers._ablations import ABLATION_RECIPE
 from innerpissa.experiments.sweep import expand, load_spec, run_inprocess
 from innerpissa.models import decoder_layers
 from innerpissa.recipes import DEFAULT_RECIPE
@@ -329,13 +330,11 @@ def test_ray_executor_on_local_ray(tmp_path: Path, concept) -> None:
 
 
 def test_trained_params_are_checked_per_method() -> None:
-    import inspect
-
     from innerpissa.steerers.peft_lora import PeftSteerer
 
-    # the flat LoRA fields we accept are exactly the peft steerers' constructor arguments
-    sig = set(inspect.signature(PeftSteerer.__init__).parameters) - {"self", "loss", "train", "extra"}
-    assert sig == set(run_mod.PEFT_FIELDS)
+    # the flat LoRA fields a run accepts are the peft steerers' params, besides their loss/train sections
+    flat = set(PeftSteerer.Params.model_fields) - set(PeftSteerer.sections)
+    assert flat == {"r", "alpha", "target_modules", "layer_range"}
     RunConfig(method="lora", params={"r": 4, "layer_range": [0.2, 0.4], "train": {"steps": 3}})
     with pytest.raises(ValueError, match="unknown config path 'adapter' for method lora"):
         RunConfig(method="lora", params={"adapter": {"r": 4}})  # would be silently swallowed by **extra

@@ -1,7 +1,8 @@
 """Steering methods behind one `Steerer` protocol. Each method is one module here exposing `STEERER`.
 
-`get_steerer("pca", layers=[...])` builds one by name; adding a method means adding one file.
-A fitted steerer saved to a directory writes `steerer.json` ({"method", "params"}) beside its
+`get_steerer("pca", layers=[...])` builds one by name; adding a method means adding one file. Each class says what
+it is (`base.SteererBase`: params model, seeding, training, aliases, ...), so the experiments layer needs no list of
+method names. A fitted steerer saved to a directory writes `steerer.json` ({"method", "params"}) beside its
 tensors, so `load_steerer(model, dir)` can rebuild it without knowing the method in advance.
 """
 
@@ -16,9 +17,10 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from ..io import read_json
-from .base import Steerer, TensorSteerer
+from .base import Preset, Steerer, SteererBase, TensorSteerer
 
 _PRIVATE = {"base"}
+DEFAULT_METHOD = "innerpissa"  # a run that names no method runs this one
 
 
 def available() -> list[str]:
@@ -27,15 +29,61 @@ def available() -> list[str]:
     return sorted(n for n in names if hasattr(importlib.import_module(f"{__name__}.{n}"), "STEERER"))
 
 
+def steerer_class(name: str) -> type[SteererBase]:
+    """The class of method `name` (its STEERER); unknown names list the valid ones."""
+    cls = None
+    if isinstance(name, str) and name.isidentifier() and not name.startswith("_") and name not in _PRIVATE:
+        try:
+            cls = getattr(importlib.import_module(f"{__name__}.{name}"), "STEERER", None)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":  # a missing dependency of the module, not a missing method
+                raise
+    if cls is None:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(available())}")
+    return cls
+
+
+class UnknownMethod(SteererBase):
+    """The facts of a method no module here defines (a test's steerer, a method since removed): `SteererBase`'s
+    defaults, its params unchecked, so records and runs of it still load and hash as before."""
+
+    name = "unknown"
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Nothing to check against: the method's params model is not known here."""
+
+
+def method_class(name: str) -> type[SteererBase]:
+    """The class to read method `name`'s facts from (`steerer_class`); `UnknownMethod` for a name no module here
+    defines."""
+    try:
+        return steerer_class(name)
+    except ValueError:
+        return UnknownMethod
+
+
+def aliases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every method's aliases: {alias: (method, params)} (`SteererBase.aliases`)."""
+    return {a: (n, dict(p)) for n in available() for a, p in steerer_class(n).aliases.items()}
+
+
+def with_role(role: str) -> str | None:
+    """The method that plays `role` ("method", "prompting", "null"; `SteererBase.role`), None if none does."""
+    return next((n for n in available() if steerer_class(n).role == role), None)
+
+
+def presets() -> dict[str, tuple[str, Preset]]:
+    """Every method's ablation presets: {preset name: (method, Preset)}."""
+    return {p: (n, preset) for n in available() for p, preset in steerer_class(n).presets.items()}
+
+
 def get_steerer(name: str, **hparams: Any) -> Steerer:
     """Construct the steerer `name` with hyper-parameters; unknown names list the valid ones."""
-    names = available()
-    if name not in names:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(names)}")
-    cls = importlib.import_module(f"{__name__}.{name}").STEERER
+    cls = steerer_class(name)
     try:
         return cls(**hparams)
-    except TypeError as e:  # an unknown keyword: name the valid ones
+    except TypeError as e:  # an unknown keyword of a class without a params model: name the valid ones
         valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs", "extra")]
         raise ValueError(f"bad hyper-parameters for method {name!r} ({e}); valid: {', '.join(valid)}") from None
 
@@ -52,4 +100,5 @@ def load_steerer(model: PreTrainedModel, path: str | Path) -> Steerer:
     return steerer
 
 
-__all__ = ["Steerer", "TensorSteerer", "available", "get_steerer", "load_steerer"]
+__all__ = ["DEFAULT_METHOD", "Preset", "Steerer", "SteererBase", "TensorSteerer", "aliases", "available", "get_steerer",
+           "load_steerer", "method_class", "presets", "steerer_class", "with_role"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 import torch
+from pydantic import Field, field_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,7 +28,7 @@ from .. import batching
 from ..batching import Batch, encode_pairs, last_token_hidden, sorted_chunks, unsort
 from ..concepts import ContrastPairs
 from ..models import base_cache_dir, decoder_layers, select_layers, tensors_sha256
-from .base import TensorSteerer, forward_hooks
+from .base import SteererParams, TensorSteerer, forward_hooks
 
 DEFAULT_LAYER_RANGE = (0.35, 0.7)  # CAA/repeng middle-to-late band: layers 10-20 of SmolLM2's 30
 
@@ -39,19 +40,21 @@ def check_coeff(c: float) -> float:
     return float(c)
 
 
-def layer_hparams(
-    layers: Sequence[int] | None, layer_range: Sequence[float], max_length: int, batch_size: int
-) -> dict[str, Any]:
-    """Validated, JSON-ready hyper-parameters shared by the activation-addition steerers."""
-    lo, hi = layer_range
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"layer_range must satisfy 0 <= lo <= hi <= 1, got {list(layer_range)}")
-    if max_length < 1 or batch_size < 1:
-        raise ValueError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}")
-    return {
-        "layers": None if layers is None else [int(l) for l in layers], "layer_range": [float(lo), float(hi)],
-        "max_length": int(max_length), "batch_size": int(batch_size),
-    }
+class LayerParams(SteererParams):
+    """Hyper-parameters shared by the activation-addition steerers: which decoder layers, and the batching of the
+    pairs' forwards."""
+
+    layers: list[int] | None = Field(None, description="decoder-layer indices; overrides layer_range")
+    layer_range: tuple[float, float] = Field(DEFAULT_LAYER_RANGE, description="depth fractions [lo, hi] of layers")
+    max_length: int = Field(128, ge=1, description="token cap of a pair's prompt")
+    batch_size: int = Field(32, ge=1, description="rows per forward")
+
+    @field_validator("layer_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError(f"must satisfy 0 <= lo <= hi <= 1, got {list(v)}")
+        return v
 
 
 def fitted_layers(model: PreTrainedModel, hparams: dict[str, Any]) -> list[int]:
@@ -100,7 +103,7 @@ def _hidden_key(model: PreTrainedModel, batch: Batch, layers: Sequence[int], bat
 
 def pair_hidden(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs, layers: Sequence[int],
-    max_length: int, batch_size: int, desc: str = "activations",
+    max_length: int, batch_size: int, desc: str = "activations", progress: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Last-token residual-stream differences h_chosen − h_rejected per layer: {layer: [n_pairs, d]}.
 
@@ -112,7 +115,8 @@ def pair_hidden(
     if path is not None and path.is_file():
         return {int(k): v for k, v in load_file(path).items()}
     order, chunks = sorted_chunks(batch, batch_size)
-    outs = [last_token_hidden(model, b, layers, 1, batch_size) for b in tqdm(chunks, desc=desc, leave=False)]
+    outs = [last_token_hidden(model, b, layers, 1, batch_size)
+            for b in tqdm(chunks, desc=desc, leave=False, disable=not progress)]
     n = len(pairs)
     diffs = {}
     for l in layers:
@@ -136,22 +140,24 @@ class AdditionSteerer(TensorSteerer):
     """
 
     name = "addition"
+    Params = LayerParams
+    seed_param = None  # the vector is a function of the pairs: every seed is the same fit (`random` has one)
     exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
 
-    def __init__(
-        self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,
-        max_length: int = 128, batch_size: int = 32,
-    ) -> None:
-        super().__init__(**layer_hparams(layers, layer_range, max_length, batch_size))
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**self.parse(params).model_dump(mode="json"))
 
     def vector(self, diff: torch.Tensor, layer: int) -> torch.Tensor:
         """The steering vector [d] for `layer` from last-token differences [n_pairs, d]."""
         raise NotImplementedError
 
-    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None = None) -> None:
+    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs,
+            val: ContrastPairs | None = None, *, ckpt_dir: Path | None = None, resume: bool = False,
+            progress: bool = True) -> None:
         hp = self.hparams
         layers = fitted_layers(model, hp)
-        diffs = pair_hidden(model, tokenizer, pairs, layers, hp["max_length"], hp["batch_size"], f"{self.name}: activations")
+        diffs = pair_hidden(model, tokenizer, pairs, layers, hp["max_length"], hp["batch_size"], f"{self.name}: activations",
+                            progress)
         self.tensors = {f"layer.{l}": self.vector(diffs[l].double(), l).float().contiguous() for l in layers}
 
     def vectors(self) -> dict[int, torch.Tensor]:

@@ -12,11 +12,11 @@ so +v makes the positive persona's continuation y_w more likely than the negativ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ContextManager
 
 import torch
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,29 +25,33 @@ from ..io import atomic_write_json
 from ..loop import Loop
 from ..models import decoder_layers
 from ..objectives.dpo import DPOObjective
-from ._addition import AdditionSteerer, add_to_outputs, fitted_layers
-from ._preference import fit_record, loop_config, preference_config, preference_data
+from ._addition import AdditionSteerer, LayerParams, add_to_outputs, fitted_layers
+from ._preference import PreferenceConfig, fit_record, loop_config, preference_data
+
+
+class BiPOParams(PreferenceConfig, LayerParams):
+    """The layers of `_addition` (default: the one middle layer, as BiPO) and the DPO settings of `_preference`."""
+
+    layer_range: tuple[float, float] = Field((0.5, 0.5), description="depth fractions [lo, hi] of layers")
+    lr: float = Field(1e-2, gt=0)
 
 
 class BiPOSteerer(AdditionSteerer):
     """Residual-stream addition of a vector trained with BiPO's bidirectional DPO loss."""
 
     name = "bipo"
+    Params = BiPOParams
+    seed_param = "seed"  # the batches and signs drawn each step
+    trainable = True
+    overrides = {"steps": "steps"}
 
-    def __init__(
-        self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = (0.5, 0.5), beta: float = 0.1,
-        lr: float = 1e-2, steps: int = 24, batch_size: int = 8, gen_tokens: int = 16, max_length: int = 128,
-        gen_batch_size: int = 32, seed: int = 0,
-    ) -> None:
-        self.cfg = preference_config(self.name, beta=beta, lr=lr, steps=steps, batch_size=batch_size,
-                                     gen_tokens=gen_tokens, max_length=max_length, gen_batch_size=gen_batch_size,
-                                     seed=seed)
-        super().__init__(layers, layer_range, max_length, batch_size)
-        self.hparams.update(self.cfg.model_dump())
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.cfg = PreferenceConfig(**{k: self.hparams[k] for k in PreferenceConfig.model_fields})
         self.result: dict[str, Any] | None = None
 
     def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs,
-            val: ContrastPairs | None = None, ckpt_dir: Path | None = None, resume: bool = False,
+            val: ContrastPairs | None = None, *, ckpt_dir: Path | None = None, resume: bool = False,
             progress: bool = True) -> None:
         """Train the vectors with the shared loop (checkpoints in `ckpt_dir`, `resume` continues them)."""
         blocks = decoder_layers(model)

@@ -6,6 +6,7 @@ from .peft_lora import PeftSteerer
 class DoraSteerer(PeftSteerer):
     name = "dora"
     variant = "dora"
+    rank = 7
 
 
 STEERER = DoraSteerer

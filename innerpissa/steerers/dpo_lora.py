@@ -12,6 +12,7 @@ adapter; the loss itself is one line, tested against a hand-computed value.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +22,41 @@ from ..concepts import ContrastPairs
 from ..io import atomic_write_json
 from ..loop import Loop
 from ..objectives.dpo import DPOObjective
-from ._preference import fit_record, loop_config, preference_config, preference_data
-from .peft_lora import PeftSteerer, PeftTrainable
+from ._preference import PreferenceConfig, fit_record, loop_config, preference_data
+from .peft_lora import LoraParams, PeftSteerer, PeftTrainable
+
+
+class DpoLoraParams(PreferenceConfig, LoraParams):
+    """The `lora` baseline's adapter and the DPO settings of `_preference`."""
 
 
 class DpoLoraSteerer(PeftSteerer):
     """LoRA adapter trained with DPO (output level) instead of ReprPO (hidden states); c scales its weight change."""
 
     name = "dpo_lora"
+    Params = DpoLoraParams
+    sections = {}  # flat DPO settings, not the ReprPO sections of the LoRA family
+    seed_param = "seed"  # the adapter's init and the batches drawn each step
+    overrides = {"steps": "steps"}
+    rank = math.inf  # after the ReprPO-trained methods in tables (by name)
     variant = "lora"
 
-    def __init__(self, r: int = 8, alpha: float = 16.0, target_modules: tuple[str, ...] | list[str] = ("o_proj", "down_proj"),
-                 layer_range: tuple[float, float] | list[float] = (0.3, 0.8), beta: float = 0.1, lr: float = 1e-3,
-                 steps: int = 24, batch_size: int = 8, gen_tokens: int = 16, max_length: int = 128,
-                 gen_batch_size: int = 32, seed: int = 0) -> None:
-        self.cfg = preference_config(self.name, beta=beta, lr=lr, steps=steps, batch_size=batch_size,
-                                     gen_tokens=gen_tokens, max_length=max_length, gen_batch_size=gen_batch_size,
-                                     seed=seed)
-        self.r, self.alpha = r, alpha
-        self.target_modules, self.layer_range = tuple(target_modules), tuple(layer_range)
+    def __init__(self, **params: Any) -> None:
+        self.p = self.parse(params)
+        self.cfg = PreferenceConfig(**{k: getattr(self.p, k) for k in PreferenceConfig.model_fields})
+        self.r, self.alpha = self.p.r, self.p.alpha
+        self.target_modules, self.layer_range = tuple(self.p.target_modules), tuple(self.p.layer_range)
         self.handle: PeftTrainable | None = None
         self.result: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"r": self.r, "alpha": self.alpha, "target_modules": list(self.target_modules),
-                "layer_range": list(self.layer_range), **self.cfg.model_dump()}
+        return self.p.model_dump(mode="json")
 
     def _handle(self, model: PreTrainedModel) -> PeftTrainable:
         return PeftTrainable(model, self.variant, self.r, self.alpha, self.target_modules, self.layer_range, self.cfg.seed)
 
     def fit(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs,
-            val: ContrastPairs | None = None, ckpt_dir: Path | None = None, resume: bool = False,
+            val: ContrastPairs | None = None, *, ckpt_dir: Path | None = None, resume: bool = False,
             progress: bool = True) -> None:
         """Train the adapter with the shared loop (checkpoints in `ckpt_dir`, `resume` continues them)."""
         data = preference_data(model, tok, pairs, self.cfg, progress)  # before attaching: the base model generates

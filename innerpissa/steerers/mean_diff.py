@@ -16,6 +16,7 @@ class MeanDiffSteerer(AdditionSteerer):
     """Residual-stream addition of the per-layer mean chosen−rejected last-token difference."""
 
     name = "mean_diff"
+    rank = 3
 
     def vector(self, diff: torch.Tensor, layer: int) -> torch.Tensor:
         return diff.mean(0)

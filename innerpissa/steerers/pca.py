@@ -12,10 +12,10 @@ a vector of the same norm as `mean_diff` and `random` on every layer and coeffic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import torch
+from pydantic import Field
 
-from ._addition import DEFAULT_LAYER_RANGE, AdditionSteerer
+from ._addition import AdditionSteerer, LayerParams
 
 
 def principal_direction(diff: torch.Tensor, center: bool = True) -> torch.Tensor:
@@ -26,17 +26,16 @@ def principal_direction(diff: torch.Tensor, center: bool = True) -> torch.Tensor
     return -u if u @ mean < 0 else u
 
 
+class PCAParams(LayerParams):
+    center: bool = Field(True, description="center the differences (repeng, sklearn PCA); False: top singular vector")
+
+
 class PCASteerer(AdditionSteerer):
     """Residual-stream addition of the PCA direction of the differences, scaled to the mean-difference norm."""
 
     name = "pca"
-
-    def __init__(
-        self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,
-        max_length: int = 128, batch_size: int = 32, center: bool = True,
-    ) -> None:
-        super().__init__(layers, layer_range, max_length, batch_size)
-        self.hparams["center"] = bool(center)
+    Params = PCAParams
+    rank = 2
 
     def vector(self, diff: torch.Tensor, layer: int) -> torch.Tensor:
         if self.hparams["center"] and len(diff) < 2:

@@ -31,6 +31,7 @@ from typing import Any, ContextManager
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import Linear as PeftLoraLinear
+from pydantic import Field
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,7 +43,7 @@ from ..models import decoder_layers, select_layers
 from ..surgery import check_fingerprint, fingerprint, layers_prefix, linear_names, replace_module
 from ..train import TrainResult, Trainer
 from ._addition import check_coeff
-from .base import Messages, save_meta
+from .base import SteererBase, SteererParams, save_meta
 from .innerpissa import split_val
 
 ADAPTER = "default"
@@ -165,21 +166,42 @@ def check_base(model: PreTrainedModel, file: Path, method: str) -> None:
         check_fingerprint(model, names, saved, f"{method} steerer in {file.parent}")
 
 
-class PeftSteerer:
+class LoraParams(SteererParams):
+    """The adapter of the LoRA family (peft's `lora.Linear`): rank, scale α (s = α/r), modules, depth range."""
+
+    r: int = Field(8, gt=0, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="peft's lora_alpha: the adapter's scale is alpha / r")
+    target_modules: tuple[str, ...] = Field(("o_proj", "down_proj"), min_length=1)
+    layer_range: tuple[float, float] = Field((0.3, 0.8), description="depth fractions [lo, hi] of layers to adapt")
+
+
+class PeftParams(LoraParams):
+    """LoRA-family params: the adapter, plus the ReprPO `loss` and `train` sections (InnerPiSSA's configs)."""
+
+    loss: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+
+
+class PeftSteerer(SteererBase):
     """LoRA-family adapter trained with ReprPO (same loss/training as InnerPiSSA); c scales its weight change."""
 
     name = "lora"
+    Params = PeftParams
+    sections = {"loss": LossConfig, "train": TrainConfig}
+    seed_param = "train.seed"
+    trainable = True
     exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
+    overrides = {"steps": "train.steps", "precision": "train.precision"}
+    rank = 6
     variant = "lora"
 
-    def __init__(self, r: int = 8, alpha: float = 16.0, target_modules: tuple[str, ...] | list[str] = ("o_proj", "down_proj"),
-                 layer_range: tuple[float, float] | list[float] = (0.3, 0.8), loss: dict | None = None,
-                 train: dict | None = None) -> None:
+    def __init__(self, **params: Any) -> None:
         """`loss`/`train` sections are validated field by field: a typo raises, naming the valid fields."""
-        self.r, self.alpha = r, alpha
-        self.target_modules, self.layer_range = tuple(target_modules), tuple(layer_range)
-        self.loss_cfg = parse_section(LossConfig, loss, "loss")
-        self.train_cfg = parse_section(TrainConfig, train, "train")
+        p = self.parse(params)
+        self.r, self.alpha = p.r, p.alpha
+        self.target_modules, self.layer_range = tuple(p.target_modules), tuple(p.layer_range)
+        self.loss_cfg = parse_section(LossConfig, p.loss, "loss")
+        self.train_cfg = parse_section(TrainConfig, p.train, "train")
         self.handle: PeftTrainable | None = None
         self.result: TrainResult | None = None
 
@@ -192,7 +214,7 @@ class PeftSteerer:
         return PeftTrainable(model, self.variant, self.r, self.alpha, self.target_modules, self.layer_range, self.train_cfg.seed)
 
     def fit(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pairs: ContrastPairs,
-            val: ContrastPairs | None = None, ckpt_dir: Path | None = None, resume: bool = False,
+            val: ContrastPairs | None = None, *, ckpt_dir: Path | None = None, resume: bool = False,
             progress: bool = True) -> None:
         """Train with the InnerPiSSA trainer (same loop, checkpoints in `ckpt_dir`, `resume` continues them)."""
         self.handle = self._handle(model)
@@ -207,9 +229,6 @@ class PeftSteerer:
         if self.handle.model is not model:
             raise ValueError(f"{self.name} steerer was fitted/loaded on another model instance: load it onto this one")
         return self.handle.steer(c)
-
-    def messages(self, messages: Messages, c: float) -> Messages:
-        return messages
 
     def save(self, path: Path) -> None:
         if self.handle is None:

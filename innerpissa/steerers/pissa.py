@@ -6,6 +6,7 @@ from .peft_lora import PeftSteerer
 class PissaSteerer(PeftSteerer):
     name = "pissa"
     variant = "pissa"
+    rank = 8
 
 
 STEERER = PissaSteerer

@@ -11,23 +11,26 @@ c = 0 and c = ±1, and works with templates that have no system role. `placement
 the system message instead (inserting one if absent, which replaces such a default system prompt).
 Coefficients: a prompt is on or off, so only c ∈ {−1, 0, +1} exist (`discrete_coeffs`); any other c
 raises, and tables should show the prompt rows at those coefficients only.
+Aliases: `prompt_persona` is the persona line whatever a measurement chose, `prompt_short` and
+`prompt_engineered` the other two variants. Plain `prompt` in a comparison is the variant the prompting gate chose on
+the model's tuning half, where one was measured (`tuned_params`; the gate lives in the evaluation layer, which
+passes its choice in), else the persona line.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Literal
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..concepts import ContrastPairs
 from ..io import atomic_write_json, read_json
-from .base import Messages, save_meta
+from .base import Messages, SteererBase, SteererParams, save_meta
 
-VARIANTS = ("persona", "short", "engineered")
-PLACEMENTS = ("user", "system")
 ARTICLES = {"a", "an", "the"}
 
 
@@ -71,25 +74,43 @@ def engineered_instructions(positive: str, negative: str) -> tuple[str, str]:
     return p.format(pos=pos), n.format(pos=pos, neg=neg, neg_a=with_article(neg))
 
 
-class PromptSteerer:
+class PromptParams(SteererParams):
+    variant: Literal["persona", "short", "engineered"] = "persona"
+    placement: Literal["user", "system"] | None = None  # default: "system" for the engineered variant, else "user"
+
+
+class PromptSteerer(SteererBase):
     """Persona prompting at c = ±1 (no model change); `messages(msgs, c)` does the work."""
 
     name = "prompt"
+    Params = PromptParams
+    seed_param = None  # nothing random: every seed is the same fit
     exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
     discrete_coeffs = (-1.0, 0.0, 1.0)
+    aliases = {"prompt_persona": {}, "prompt_short": {"variant": "short"}, "prompt_engineered": {"variant": "engineered"}}
+    role = "prompting"
+    rank = 1
 
-    def __init__(self, variant: str = "persona", placement: str | None = None) -> None:
+    def __init__(self, **params: Any) -> None:
         """`placement` defaults to "system" for the engineered variant (it is a system prompt), else "user"."""
-        placement = placement or ("system" if variant == "engineered" else "user")
-        if variant not in VARIANTS or placement not in PLACEMENTS:
-            raise ValueError(f"prompt: variant must be one of {VARIANTS} and placement one of {PLACEMENTS}, got {variant!r}, {placement!r}")
-        self.variant, self.placement = variant, placement
+        p = self.parse(params)
+        self.variant = p.variant
+        self.placement = p.placement or ("system" if p.variant == "engineered" else "user")
         self.texts: dict[str, str] = {}
+
+    @classmethod
+    def tuned_params(cls, params: dict[str, Any], chosen: Callable[[], Any]) -> dict[str, Any]:
+        """The variant the prompting gate chose on this model and dataset (`chosen()`), where it measured one; the
+        persona line (the default, so the params and their hash stay as they are) otherwise."""
+        variant = chosen()
+        return {"variant": variant} if variant not in (None, cls.Params.model_fields["variant"].default) else params
 
     def params(self) -> dict[str, Any]:
         return {"variant": self.variant, "placement": self.placement}
 
-    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None = None) -> None:
+    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs,
+            val: ContrastPairs | None = None, *, ckpt_dir: Path | None = None, resume: bool = False,
+            progress: bool = True) -> None:
         """Record the persona texts: the most common positive and negative prompt of the pairs."""
         pos = Counter(pairs.positive_prompts).most_common(1)[0][0]
         neg = Counter(pairs.negative_prompts).most_common(1)[0][0]

@@ -7,24 +7,24 @@ only on (seed, l), not on the other layers chosen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._addition import DEFAULT_LAYER_RANGE, AdditionSteerer
+from ._addition import AdditionSteerer, LayerParams
+
+
+class RandomParams(LayerParams):
+    seed: int = 0
 
 
 class RandomSteerer(AdditionSteerer):
     """Residual-stream addition of a random direction with the mean-difference norm (seeded)."""
 
     name = "random"
-
-    def __init__(
-        self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,
-        max_length: int = 128, batch_size: int = 32, seed: int = 0,
-    ) -> None:
-        super().__init__(layers, layer_range, max_length, batch_size)
-        self.hparams["seed"] = int(seed)
+    Params = RandomParams
+    seed_param = "seed"  # each seed draws other directions
+    role = "null"  # the control every method's effect is read against
+    rank = 4
 
     def vector(self, diff: torch.Tensor, layer: int) -> torch.Tensor:
         g = np.random.default_rng([self.hparams["seed"], layer])

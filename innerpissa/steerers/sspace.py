@@ -16,9 +16,11 @@ the plain mean output difference). Unit: c = 1 adds one average pair difference 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import ContextManager
+from pathlib import Path
+from typing import Any, ContextManager
 
 import torch
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,7 +29,7 @@ from ..batching import Batch, encode_pairs, sorted_chunks, unsort
 from ..capture import capture
 from ..concepts import ContrastPairs
 from ..models import decoder_layers
-from ._addition import DEFAULT_LAYER_RANGE, add_to_outputs, fitted_layers, layer_hparams
+from ._addition import LayerParams, add_to_outputs, fitted_layers
 from .base import TensorSteerer
 
 
@@ -60,29 +62,32 @@ def last_token_outputs(model: PreTrainedModel, batches: Iterable[Batch], modules
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
+class SSpaceParams(LayerParams):
+    target_modules: list[str] = Field(["o_proj", "down_proj"], min_length=1, description="linear modules per layer")
+    r: int = Field(64, ge=1, description="top singular directions kept per module")
+
+
 class SSpaceSteerer(TensorSteerer):
     """Adds c·U_r U_rᵀ·mean(y⁺ − y⁻) to each targeted linear module's output (see module docstring)."""
 
     name = "sspace"
+    Params = SSpaceParams
+    seed_param = None  # the vectors are a function of the pairs and weights: every seed is the same fit
     exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
+    rank = 5
 
-    def __init__(
-        self, layers: Sequence[int] | None = None, layer_range: Sequence[float] = DEFAULT_LAYER_RANGE,
-        target_modules: Sequence[str] = ("o_proj", "down_proj"), r: int = 64, max_length: int = 128,
-        batch_size: int = 32,
-    ) -> None:
-        if r < 1 or not target_modules:
-            raise ValueError(f"sspace needs r >= 1 and at least one target module, got r={r}, {list(target_modules)}")
-        super().__init__(**layer_hparams(layers, layer_range, max_length, batch_size))
-        self.hparams.update(target_modules=[str(m) for m in target_modules], r=int(r))
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**self.parse(params).model_dump(mode="json"))
 
     @torch.no_grad()
-    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs, val: ContrastPairs | None = None) -> None:
+    def fit(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: ContrastPairs,
+            val: ContrastPairs | None = None, *, ckpt_dir: Path | None = None, resume: bool = False,
+            progress: bool = True) -> None:
         hp = self.hparams
         modules = find_modules(model, fitted_layers(model, hp), hp["target_modules"])
         batch = encode_pairs(tokenizer, pairs, hp["max_length"]).to(next(model.parameters()).device)
         order, chunks = sorted_chunks(batch, hp["batch_size"])
-        outs = last_token_outputs(model, tqdm(chunks, desc="sspace: activations", leave=False), modules)
+        outs = last_token_outputs(model, tqdm(chunks, desc="sspace: activations", leave=False, disable=not progress), modules)
         n = len(pairs)
         self.tensors = {}
         for key, module in modules.items():
