@@ -1,79 +1,19 @@
-"""The seed's ablation plan as named presets: each one a documented delta from an InnerPiSSA run's recipe.
-
-The presets were written for the `reprpo-v0` objective (ABLATION_RECIPE: multiplicative S, coherence weight 3,
-adapters up to the loss layer), and sweeps/ablations.yaml runs them on it. On another recipe a preset applies to
-that recipe's config: `scale_add` is a no-op on antipasto (already additive), and the depth presets put adapters at
-the loss layer, which antipasto's `adapters_before_loss` refuses with a one-line error.
-
-A delta maps dotted paths into `RunConfig.params` ("adapter.rotate_v", "loss.coh_weight", "train.n_train") to
-values; the key "method" swaps the method (only `no_svd`, which trains LoRA with the same ReprPO loss). Presets
-apply to `method: innerpissa` runs. Seeds are not a preset: list them under `seeds:` in a sweep spec.
-
-Depth presets `depth_<f>` adapt the decoder layers in the depth window [f - 0.2, f] (clipped at 0) and put the
-loss layer at depth f, so every adapted layer lies at or below the layer whose hidden states are separated, as
-in the default run (`AdapterConfig.layer_range` ending at `LossConfig.loss_layer_frac`). `last3` adapts the last
-3 layers, loss at the last. A test checks that every preset really changes the resolved default config.
-`Preset.group` and `Preset.value` (e.g. group "depth", value 0.3) let reports plot a family against its value.
+"""Ablation presets in runs and sweeps: each preset is a documented delta from one method's run, declared by that
+method (`SteererBase.presets`: InnerPiSSA's ablation plan) and applied by it (`SteererBase.apply_preset`, which may
+swap the method, as InnerPiSSA's `no_svd` does to LoRA). Seeds are not a preset: list them under `seeds:` in a sweep
+spec. `Preset.group` and `Preset.value` (e.g. group "depth", value 0.3) let reports plot a family against its value.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-from typing import Any
+from .. import steerers
+from ..config import set_path
+from ..steerers import Preset
+from .run import RunConfig
 
-from ..recipes import DEFAULT_RECIPE, get_recipe
-from .run import RunConfig, check_trained_params
+__all__ = ["PRESETS", "Preset", "apply_preset", "get_preset", "set_path"]
 
-DEPTH_WINDOW = 0.2
-ABLATION_RECIPE = "reprpo-v0"  # the recipe the presets are written against (their docs quote its defaults)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named config delta; `group`/`value` place it in a family (depth, rank, ...) for plots."""
-
-    name: str
-    doc: str
-    delta: dict[str, Any] = field(default_factory=dict)
-    group: str = "component"
-    value: float | None = None
-
-
-def _build() -> dict[str, Preset]:
-    ps = [
-        Preset("full", "the default InnerPiSSA configuration (rotate V, multiplicative S scaling, all loss terms)"),
-        Preset("no_rotate_v", "no rotation of the input singular vectors V", {"adapter.rotate_v": False}),
-        Preset("rotate_u", "also rotate the output singular vectors U", {"adapter.rotate_u": True}),
-        Preset("no_scale", "no singular-value scaling (rotation only)", {"adapter.scale": "none"}),
-        Preset("scale_add", "additive singular-value scaling instead of multiplicative", {"adapter.scale": "add"}),
-        Preset("scale_tanh", "tanh-bounded singular-value scaling instead of multiplicative", {"adapter.scale": "tanh"}),
-        Preset("no_svd", "no SVD basis: LoRA (its default rank) on the same modules and layer range, trained with "
-               "the same ReprPO loss and training settings", {"method": "lora"}),
-        Preset("no_coherence", "drop the coherence (NLL margin) term", {"loss.coherence": False}),
-        Preset("no_monotonic", "drop the monotonic ordering term across c = -1, 0, +1", {"loss.monotonic": False}),
-        Preset("adaptive", "adaptive coherence: loosen it for the direction that lags", {"loss.adaptive": True}),
-        Preset("modules_o_proj", "adapt attention o_proj only", {"adapter.target_modules": ["o_proj"]}, "modules"),
-        Preset("modules_down_proj", "adapt MLP down_proj only", {"adapter.target_modules": ["down_proj"]}, "modules"),
-        Preset("last3", "adapt the last 3 decoder layers, loss at the last layer",
-               {"adapter.layers": [-3, -2, -1], "loss.loss_layer_frac": 1.0}, "depth", 1.0),
-    ]
-    for w in (0.3, 1.0, 10.0, 30.0):
-        ps.append(Preset(f"coh_weight_{w:g}", f"coherence weight {w:g} (separation weight 1; default 3)",
-                         {"loss.coh_weight": w}, "coh_weight", w))
-    for i in range(1, 10):
-        f = i / 10
-        ps.append(Preset(f"depth_{f:g}", f"adapt layers at depth [{max(0.0, f - DEPTH_WINDOW):.1f}, {f:g}], loss at {f:g}",
-                         {"adapter.layer_range": [round(max(0.0, f - DEPTH_WINDOW), 2), f], "loss.loss_layer_frac": f},
-                         "depth", f))
-    for r in (4, 16, 128):
-        ps.append(Preset(f"rank_{r}", f"adapter rank r = {r}", {"adapter.r": r}, "rank", float(r)))
-    for n in (32, 128, 512):
-        ps.append(Preset(f"n_train_{n}", f"train on {n} contrastive pairs", {"train.n_train": n}, "n_train", float(n)))
-    return {p.name: p for p in ps}
-
-
-PRESETS: dict[str, Preset] = _build()
+PRESETS: dict[str, Preset] = {name: preset for name, (_, preset) in steerers.presets().items()}
 
 
 def get_preset(name: str) -> Preset:
@@ -83,43 +23,15 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def set_path(params: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A copy of nested `params` with the dotted `path` set to `value`."""
-    out = copy.deepcopy(params)
-    *parents, leaf = path.split(".")
-    node = out
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"config path {path!r} goes through {p!r}, which is not a mapping")
-    node[leaf] = value
-    return out
-
-
-def _to_lora(params: dict[str, Any]) -> dict[str, Any]:
-    """InnerPiSSA params -> LoRA params: the recipe's loss/train with the run's overrides on top, the same target
-    modules and layer range, no SVD fields."""
-    recipe = get_recipe(params.get("recipe", DEFAULT_RECIPE))
-    adapter = {**recipe.adapter, **params.get("adapter", {})}
-    if adapter.get("layers") is not None:
-        raise ValueError("preset no_svd: LoRA takes adapter.layer_range, not explicit adapter.layers")
-    out = {sec: d for sec in ("loss", "train") if (d := {**getattr(recipe, sec), **params.get(sec, {})})}
-    out.update({k: adapter[k] for k in ("target_modules", "layer_range") if k in adapter})
-    return out
-
-
 def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
-    """`cfg` with the preset's delta applied and `preset` recorded; None returns `cfg` unchanged."""
+    """`cfg` with the preset's delta applied (by the method that declares it) and `preset` recorded; None returns
+    `cfg` unchanged."""
     if name is None:
         return cfg
     preset = get_preset(name)
-    if cfg.method != "innerpissa":
-        raise ValueError(f"ablation preset {name!r} is a delta from method innerpissa, but this run's method is {cfg.method}")
-    method, params = cfg.method, cfg.params
-    for path, value in preset.delta.items():
-        if path == "method":
-            method, params = value, _to_lora(params)
-        else:
-            params = set_path(params, path, value)
-    check_trained_params(method, params)
+    owner = steerers.presets()[name][0]
+    if cfg.method != owner:
+        raise ValueError(f"ablation preset {name!r} is a delta from method {owner}, but this run's method is {cfg.method}")
+    method, params = steerers.steerer_class(owner).apply_preset(preset, cfg.params)
+    steerers.steerer_class(method).check_params(params)
     return RunConfig.model_validate({**cfg.model_dump(), "method": method, "params": params, "preset": name})

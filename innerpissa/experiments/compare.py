@@ -2,13 +2,13 @@
 then Table 1 (mean ± 95% CI over seeds), a bar chart and the "against the grain" table (c = −1 vs the
 dishonest prompt). Runs go through the sweep machinery, so fits are cached by hash and a rerun skips done work.
 
-Seeds: deterministic methods (prompt, pca, mean_diff, sspace) run once (seed 0) and are marked "1 seed" in the
-table: repeating them would add identical runs and a fake zero-width CI. `prompt` is only defined at
-c ∈ {−1, 0, +1}, so its runs use the requested coefficients that fall in that set.
-Aliases: `prompt_persona` = `prompt` with the persona line whatever the gate chose, `prompt_short` with the
-"Be honest." / "Be dishonest." variant, `prompt_engineered` with the engineered system prompts. Plain `prompt` is the strongest variant on the model's tuning half where
-`bench/qualify.py` measured one (`eval.gate.chosen_variant`: the engineered prompt on Qwen2.5-Coder-1.5B), else the
-persona line.
+Everything method-specific comes from the method's class (`steerers.base.SteererBase`): deterministic methods
+(`seed_param` None) run once (seed 0) and are marked "1 seed" in the table: repeating them would add identical runs
+and a fake zero-width CI. A method with `discrete_coeffs` (prompting: on or off) runs at the requested coefficients
+that fall in that set. Method names may be aliases a method declares (a method plus params: prompting's variants,
+InnerPiSSA under each recipe). A plain method name gets `tuned_params` with the prompting gate's choice on the
+model's tuning half as its callback (`eval.gate.chosen_variant`, measured by `bench/qualify.py`), so prompting
+runs the strongest variant measured there without the steerers ever reading the evaluation layer.
 """
 
 from __future__ import annotations
@@ -16,27 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from .. import steerers
+from ..config import set_path
 from ..io import atomic_write_json
 from ..eval.gate import chosen_variant
-from ..recipes import RECIPES
-from .ablations import set_path
-from .run import DETERMINISTIC, OUTPUT_LEVEL, TRAINED, RunConfig
+from .run import RunConfig
 from .sweep import SweepSummary, make_config, run_inprocess, run_ray
 
-# method names that are a method plus params: prompting's short and engineered variants, and InnerPiSSA under each recipe
-# (`innerpissa:seed`, ...: Table 1's "InnerPiSSA per recipe" rows; plain `innerpissa` is the default recipe, and
-# `innerpissa:<default>` is the same run)
-ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "prompt_persona": ("prompt", {}),
-    "prompt_short": ("prompt", {"variant": "short"}),
-    "prompt_engineered": ("prompt", {"variant": "engineered"}),
-    **{f"innerpissa:{r}": ("innerpissa", {"recipe": r}) for r in RECIPES},
-}
 QUICK = {"seeds": 1, "eval_limit": 24, "steps": 20, "n_pairs": 128, "datasets": "dd-honesty"}  # --quick defaults
 
 
@@ -45,37 +34,35 @@ def compare_configs(methods: list[str], seeds: int, model: str, concept: str, da
                     steps: int | None = None, samples: int = 0, pmass_min: float = 0.1,
                     n_pairs: int | None = None, kl: Sequence[float] | None = None,
                     kl_stat: str = "mean", precision: str = "auto") -> list[RunConfig]:
-    """One RunConfig per (method, seed[, KL budget]); `steps` overrides train.steps of the trained methods, `n_pairs`
-    caps the training pairs of every method (one shared subset). With `kl` budgets, each run is scored in budget
-    units (c = ±1: the per-sign coefficient at which KL(base || steered) = the budget; see `eval.calibrate`).
-    `precision` other than auto sets the evaluation precision and train.precision of the trained methods."""
+    """One RunConfig per (method, seed[, KL budget]); `steps` sets the optimizer steps of the trained methods (each
+    method's `overrides` say where), `n_pairs` caps the training pairs of every method (one shared subset). With `kl`
+    budgets, each run is scored in budget units (c = ±1: the per-sign coefficient at which KL(base || steered) = the
+    budget; see `eval.calibrate`). `precision` other than auto sets the evaluation precision and the training
+    precision of the methods that train with one."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    known = steerers.available()
-    unknown = [m for m in methods if m not in known and m not in ALIASES]
+    known, aliases = steerers.available(), steerers.aliases()
+    unknown = [m for m in methods if m not in known and m not in aliases]
     if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(known + list(ALIASES))}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(known + list(aliases))}")
     cfgs = []
     for name in methods:
-        method, params = ALIASES.get(name, (name, {}))
-        if name == "prompt":  # the variant the gate chose on this model's tuning half, where it measured one
-            variant = chosen_variant(model, next((d for d in datasets if d.startswith("dd-")), datasets[0]))
-            params = {"variant": variant} if variant not in (None, "persona") else params
-        if steps is not None and method in TRAINED:
-            params = set_path(params, "train.steps", steps)
-        elif steps is not None and method in OUTPUT_LEVEL:
-            params = {**params, "steps": steps}
-        if precision != "auto" and method in TRAINED:
-            params = set_path(params, "train.precision", precision)
+        method, params = aliases.get(name, (name, {}))
+        cls = steerers.steerer_class(method)
+        if name == method:  # a plain name: the variant the gate chose on this model's tuning half, where it tunes one
+            params = cls.tuned_params(params, lambda: chosen_variant(
+                model, next((d for d in datasets if d.startswith("dd-")), datasets[0])))
+        for setting, value in (("steps", steps), ("precision", None if precision == "auto" else precision)):
+            if value is not None and setting in cls.overrides:
+                params = set_path(params, cls.overrides[setting], value)
         base = make_config({"model": model, "concept": concept, "method": method, "params": params,
                             "datasets": datasets, "coeffs": coeffs, "eval_limit": eval_limit,
                             "eval_part": eval_part, "samples": samples, "pmass_min": pmass_min,
                             "n_pairs": n_pairs, "precision": precision})
-        discrete = getattr(steerers.get_steerer(method, **base.steerer_params()), "discrete_coeffs", None)
-        if discrete is not None:
-            base = make_config({**base.model_dump(), "coeffs": [c for c in base.coeffs if c in discrete]})
+        if cls.discrete_coeffs is not None:
+            base = make_config({**base.model_dump(), "coeffs": [c for c in base.coeffs if c in cls.discrete_coeffs]})
         variants = [base] if not kl else [make_config({**base.model_dump(), "kl": b, "kl_stat": kl_stat}) for b in kl]
-        for seed in [0] if method in DETERMINISTIC else range(seeds):
+        for seed in range(seeds) if base.seeded() else [0]:
             cfgs += [v.model_copy(update={"seed": seed}) for v in variants]
     return cfgs
 

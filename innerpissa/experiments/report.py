@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import steerers
 from ..io import atomic_write_text
 from .collect import collect, collect_failed, kl_budget, load_samples, load_scores, skipped_dirs
 from .figures import bar_chart, dose_response_figure, layer_depth_figure, side_effect_heatmap
@@ -226,7 +227,7 @@ def _powered_blocks(collected: pd.DataFrame, scores: pd.DataFrame, ds: str, tabl
         tag, title = ("", "raw c") if kl is None else (f"_kl{kl:g}", f"KL budget {kl:g}")
         pw = powered_table(runs, scores, ds)
         write_table(pw, tables / f"paired_{ds}{tag}")
-        blocks += [("h", f"Pooled over seeds, paired against innerpissa ({title})", 3),
+        blocks += [("h", f"Pooled over seeds, paired against {steerers.with_role('method')} ({title})", 3),
                    ("p", "Effect: mean over seeds of the side-balanced effect, 95% CI from resampling dilemmas and "
                          "seeds; paired difference: the same resampled dilemmas for both methods. 'beats' only when "
                          "the paired CI excludes 0."), ("table", pw)]

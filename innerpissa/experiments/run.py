@@ -6,8 +6,10 @@
     ROOT/runs/<hash>/      config.json (RunConfig + environment), scores.parquet, summary.json, samples.json and,
                            written last, DONE. A dir without DONE is partial (or failed: error.json) and is redone.
 
-Seeds: deterministic methods (`DETERMINISTIC`) ignore the seed, so all their seeds share one fit; `random` gets
-`params.seed` and trained methods `params.train.seed`. The contrastive pairs come from `concepts.fit_data.fit_pairs`
+Seeds: a method says where its seed goes (`SteererBase.seed_param`, e.g. `params.seed` or `params.train.seed`);
+a deterministic one (seed_param None) ignores the seed, so all its seeds share one fit. What else a run needs to know
+about its method (params checks, hashed resolved configs, the recipe shaping the pairs) it asks the method's class
+(`steerers.steerer_class`). The contrastive pairs come from `concepts.fit_data.fit_pairs`
 (fixed `PAIR_SEED`), the function `innerpissa train` uses too, so every method and seed is fit on the same pairs;
 the leakage check tests the evaluation rows against all of them (train and validation). Evaluation rows are the
 same for every run (`DATA_SEED`); the bootstrap CIs use the run's seed. The split into the "tune" and "report" halves applies to DailyDilemmas sets
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -38,50 +39,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .. import steerers
 from ..concepts import ContrastPairs
 from ..concepts.fit_data import PAIRS_FILE, fit_pairs, joined, pairs_record, pairs_sha256
-from ..config import AdapterConfig, LossConfig, TrainConfig, parse_section
+from ..config import set_path
 from ..io import atomic_write_json, atomic_write_text, json_safe
 from ..precision import autocast, cpu_record
 from ..precision import resolve as resolve_precision
-from ..recipes import DEFAULT_RECIPE, get_recipe
 from ..models import DEFAULT_MODEL, load_model, tensors_sha256
 from ..eval.calibrate import Calibration, CalibratedSteerer, calibrate
 from ..loop import CHECKPOINT_META
-from ..steerers import Steerer
+from ..steerers import Steerer, SteererBase, method_class
 
-DETERMINISTIC = frozenset({"prompt", "pca", "mean_diff", "sspace"})
-PEFT_METHODS = frozenset({"lora", "dora", "pissa"})
-PEFT_FIELDS = frozenset({"r", "alpha", "target_modules", "layer_range"})  # flat kwargs of steerers.peft_lora
-TRAINED = frozenset({"innerpissa"}) | PEFT_METHODS
-OUTPUT_LEVEL = frozenset({"bipo", "dpo_lora"})  # DPO-trained rivals: flat `steps`/`seed` hparams (steerers._preference)
-TRAINED_SECTIONS = {"adapter": AdapterConfig, "loss": LossConfig, "train": TrainConfig}
 TINY_MODELS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 DATA_SEED = 0
 SAMPLE_TOKENS = 48
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
-
-
-def check_trained_params(method: str, params: dict[str, Any]) -> None:
-    """Check every key of a trained method's params names a real field (its constructor swallows unknown keys).
-
-    innerpissa takes nested `adapter`/`loss`/`train` dicts; lora/dora/pissa take `PEFT_FIELDS` flat plus
-    `loss`/`train` dicts.
-    """
-    flat = PEFT_FIELDS if method in PEFT_METHODS else set()
-    sections = {k: v for k, v in TRAINED_SECTIONS.items() if k != "adapter" or method not in PEFT_METHODS}
-    for key, sub in params.items():
-        if key in flat:
-            continue
-        if key == "recipe" and method == "innerpissa":
-            get_recipe(sub)  # an unknown name raises, listing the recipes
-            continue
-        cls = sections.get(key)
-        if cls is None:
-            valid = sorted(flat) + [f"{k}.*" for k in sections]
-            raise ValueError(f"unknown config path {key!r} for method {method}: use {', '.join(valid)}")
-        if not isinstance(sub, dict):
-            raise ValueError(f"params.{key} for method {method} must be a mapping of {cls.__name__} fields")
-        parse_section(cls, sub, key)
 
 
 class RunConfig(BaseModel):
@@ -91,7 +62,7 @@ class RunConfig(BaseModel):
 
     model: str = DEFAULT_MODEL
     concept: str = "honesty"
-    method: str = "innerpissa"
+    method: str = steerers.DEFAULT_METHOD
     params: dict[str, Any] = Field(default_factory=dict, description="steerer hyper-parameters (nested for trained)")
     n_pairs: int | None = Field(None, gt=0, description="fit on this many training pairs (one seeded subset for all)")
     seed: int = Field(0, ge=0, lt=2**32)
@@ -121,20 +92,24 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _explicit_recipe(cls, data: Any) -> Any:
-        """An InnerPiSSA run always names its recipe, so a stored config keeps its meaning when the default
-        recipe changes (and `innerpissa` equals `innerpissa:<default>`, one hash)."""
-        if isinstance(data, dict) and data.get("method", "innerpissa") == "innerpissa":
-            params = dict(data.get("params") or {})
-            params.setdefault("recipe", DEFAULT_RECIPE)
-            data = {**data, "params": params}
+    def _explicit_params(cls, data: Any) -> Any:
+        """The method's params with what a changing default would change spelled out (`explicit_params`: an
+        InnerPiSSA run always names its recipe), so a stored config keeps its meaning."""
+        if isinstance(data, dict):
+            params = data.get("params") or {}
+            explicit = method_class(data.get("method", steerers.DEFAULT_METHOD)).explicit_params(params)
+            if explicit is not params:
+                data = {**data, "params": explicit}
         return data
 
     @model_validator(mode="after")
     def _check_params(self) -> "RunConfig":
-        if self.method in TRAINED:
-            check_trained_params(self.method, self.params)
+        self.steerer_class().check_params(self.params)
         return self
+
+    def steerer_class(self) -> type[SteererBase]:
+        """The class of the run's method (`method_class`): what the run needs to know about it."""
+        return method_class(self.method)
 
     def content_hash(self, n: int = 12) -> str:
         """Short sha256 of the canonical JSON of the whole config (raw-c runs omit the KL fields, so hashes of
@@ -144,39 +119,36 @@ class RunConfig(BaseModel):
             d = {k: v for k, v in d.items() if k not in ("kl", "kl_stat")}
         if d["precision"] == "auto":  # like the device, `auto` is not hashed: runs made before it still match
             del d["precision"]
-        if self.method == "innerpissa":
-            d["resolved"] = self.resolved_configs()
+        resolved = self.resolved_configs()
+        if resolved is not None:
+            d["resolved"] = resolved
         return _hash(d, n)
 
-    def resolved_configs(self) -> dict[str, Any]:
-        """InnerPiSSA's recipe resolved onto the config defaults: part of both hashes, so editing a recipe or a
-        default can never reuse a fit or a run made with the old one."""
-        from ..recipes import resolve
-
-        p = self.steerer_params()
-        cfgs = resolve(self.recipe(), p.get("adapter"), p.get("loss"), p.get("train"))
-        return {name: c.model_dump(mode="json") for name, c in zip(("adapter", "loss", "train"), cfgs)}
+    def resolved_configs(self) -> dict[str, Any] | None:
+        """What the params mean beyond their text (`SteererBase.resolved`: InnerPiSSA's recipe resolved onto the
+        config defaults), None if they say it all: part of both hashes, so editing a recipe or a default can never
+        reuse a fit or a run made with the old one."""
+        return self.steerer_class().resolved(self.steerer_params())
 
     def recipe(self) -> str | None:
-        """The InnerPiSSA recipe this run fits with (its data overrides shape the pairs), None for other methods."""
-        if self.method != "innerpissa":
-            return None
-        return self.params["recipe"]
+        """The recipe whose data overrides shape this run's pairs (`SteererBase.data_recipe`), None for defaults."""
+        return self.steerer_class().data_recipe(self.params)
+
+    def seeded(self) -> bool:
+        """Whether the method uses the seed; a deterministic method's seeds are all one fit."""
+        return self.steerer_class().seed_param is not None
 
     def steerer_params(self) -> dict[str, Any]:
-        """Constructor kwargs for the steerer: `params` with the seed injected where the method uses one."""
-        params = copy.deepcopy(self.params)
-        if self.method in TRAINED:
-            params["train"] = {**params.get("train", {}), "seed": self.seed}
-        elif self.method not in DETERMINISTIC:
-            params["seed"] = self.seed
-        return params
+        """Constructor kwargs for the steerer: `params` with the seed injected where the method takes it."""
+        path = self.steerer_class().seed_param
+        return copy.deepcopy(self.params) if path is None else set_path(self.params, path, self.seed)
 
     def fit_key(self) -> dict[str, Any]:
         """The fit-relevant fields: two runs with equal keys share one fitted steerer."""
         key = {"model": self.model, "concept": self.concept, "method": self.method, "params": self.steerer_params()}
-        if self.method == "innerpissa":
-            key["resolved"] = self.resolved_configs()
+        resolved = self.resolved_configs()
+        if resolved is not None:
+            key["resolved"] = resolved
         return key if self.n_pairs is None else {**key, "n_pairs": self.n_pairs}
 
     def fit_hash(self, n: int = 12) -> str:
@@ -251,13 +223,13 @@ def fit_cached(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizerB
     # a steerer whose fit checkpoints (InnerPiSSA) writes ROOT/checkpoints/<fit-hash>/ as it trains and continues
     # from there when a fit was interrupted, so a long fit survives the end of a session (commit that folder)
     ckpt = Path(root) / "checkpoints" / cfg.fit_hash()
-    resumable = "ckpt_dir" in inspect.signature(steerer.fit).parameters
-    resume = resumable and (ckpt / CHECKPOINT_META).is_file()
+    trainable = getattr(steerer, "trainable", False)
+    resume = trainable and (ckpt / CHECKPOINT_META).is_file()
     t0 = time.perf_counter()
-    steerer.fit(model, tok, train, val, **({"ckpt_dir": ckpt, "resume": resume} if resumable else {}))
+    steerer.fit(model, tok, train, val, **({"ckpt_dir": ckpt, "resume": resume} if trainable else {}))
     info = {
         "fit_hash": cfg.fit_hash(), "key": cfg.fit_key(), "seconds": round(time.perf_counter() - t0, 3),
-        "seed_dependent": cfg.method not in DETERMINISTIC, "n_train_pairs": len(train), "n_val_pairs": len(val),
+        "seed_dependent": cfg.seeded(), "n_train_pairs": len(train), "n_val_pairs": len(val),
         "pairs_sha256": data, "resumed_from_checkpoint": resume,
     }
     tmp = fits / f".{cfg.fit_hash()}.{uuid.uuid4().hex[:8]}.tmp"
@@ -358,15 +330,15 @@ def run_steerer(cfg: RunConfig, model: PreTrainedModel, tok: PreTrainedTokenizer
     return steerer, fit_info, calibration
 
 
-LEGACY_RECIPE = "reprpo-v0"  # InnerPiSSA runs stored before the recipe was always explicit all trained with it
-
-
 def stored_run(run: dict[str, Any]) -> dict[str, Any]:
-    """A stored config.json `run` section with its InnerPiSSA recipe made explicit (legacy runs: LEGACY_RECIPE), so
-    it is never read as today's default."""
-    if run.get("method") == "innerpissa" and "recipe" not in (run.get("params") or {}):
-        return {**run, "params": {**(run.get("params") or {}), "recipe": LEGACY_RECIPE}}
-    return run
+    """A stored config.json `run` section with what its method spells out today filled in with the value that run
+    used (`SteererBase.stored_params`: an InnerPiSSA run stored before the recipe was explicit trained with
+    reprpo-v0), so it is never read as today's default."""
+    if run.get("method") is None:
+        return run
+    params = run.get("params") or {}
+    stored = method_class(run["method"]).stored_params(params)
+    return run if stored is params else {**run, "params": stored}
 
 
 def write_loss_curve(cfg: RunConfig, root: Path, out: Path) -> bool:

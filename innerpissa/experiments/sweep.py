@@ -15,8 +15,8 @@ Spec (every top-level key except the four below is a `RunConfig` field, the base
     seeds: [0, 1, 2]
     presets: [full, no_rotate_v, depth_0.5]   # ablation presets (see ablations.py); default: none
 
-Runs = lists × grid × presets × seeds, de-duplicated by content hash; a deterministic method (prompt, pca,
-mean_diff, sspace) keeps only its first seed, since its seeds would be identical runs.
+Runs = lists × grid × presets × seeds, de-duplicated by content hash; a deterministic method (one whose class has
+no `seed_param`) keeps only its first seed, since its seeds would be identical runs.
 
 Executors: `run_inprocess` (sequential, one model in memory, reused across runs) and `run_ray` (each run a Ray
 task with declared CPUs/GPUs; starts a local Ray unless an address or $RAY_ADDRESS is given). Ray workers write
@@ -41,10 +41,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .. import steerers
-from ..config import validation_message
+from ..config import set_path, validation_message
 from ..io import atomic_write_json, read_yaml
-from .ablations import apply_preset, set_path
-from .run import DETERMINISTIC, RunConfig, is_done, run_one
+from .ablations import apply_preset
+from .run import RunConfig, is_done, run_one
 
 SPEC_KEYS = ("grid", "lists", "seeds", "presets")
 
@@ -114,7 +114,7 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
                 fields = _override(fields, k, v)
             for preset in spec.presets:
                 cfg = apply_preset(make_config(fields), preset)
-                seeds = spec.seeds[:1] if cfg.method in DETERMINISTIC else spec.seeds
+                seeds = spec.seeds if cfg.seeded() else spec.seeds[:1]
                 for seed in seeds:
                     run = cfg.model_copy(update={"seed": seed})
                     out.setdefault(run.content_hash(), run)

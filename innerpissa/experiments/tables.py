@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .. import steerers
 from ..io import atomic_write_text
-from ..recipes import DEFAULT_RECIPE
 from .seedstats import LEVEL, drop, seed_aggregate
 
-METHOD_ORDER = ["innerpissa", "prompt", "pca", "mean_diff", "random", "sspace", "lora", "dora", "pissa"]
 # target label dimension per dataset, used when summary.json does not name one ("target_dim")
 DEFAULT_TARGETS = {"dd-honesty": "Value/honesty", "truthfulqa": "truthfulqa/true"}
 TABLE1_METRICS = ["effect", "side_effect_mean_abs", "side_effect_n_sig", "dnll", "gain", "coherent_range", "yesbias_effect",
@@ -70,8 +69,8 @@ def _select(collected: pd.DataFrame, dataset: str, presets: bool) -> pd.DataFram
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
     """Row label per run: the method name, plus the params that differ when a method has several configs (a run on
-    the method's defaults, params {} or InnerPiSSA's default recipe alone, keeps the plain name: it is the row other
-    variants are read against)."""
+    the method's defaults, params {} or what `explicit_params` spells out for them, e.g. InnerPiSSA's default recipe
+    alone, keeps the plain name: it is the row other variants are read against)."""
     labels = pd.Series(runs["method"].astype(str), index=runs.index)
     for method, g in runs.groupby("method"):
         keys = sorted(g["params_key"].unique())
@@ -79,16 +78,17 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
             continue
         dicts = {k: json.loads(k) for k in keys}
         differ = sorted({p for d in dicts.values() for p in d if len({json.dumps(e.get(p)) for e in dicts.values()}) > 1})
+        defaults = steerers.method_class(str(method)).explicit_params({})
         for k, d in dicts.items():
-            if d and d != {"recipe": DEFAULT_RECIPE}:
+            if d and d != defaults:
                 labels[g.index[g["params_key"] == k]] = f"{method} (" + ", ".join(f"{p}={d.get(p)}" for p in differ) + ")"
     return labels
 
 
 def order_labels(labels: list[str]) -> list[str]:
-    """Method labels in the paper order (the method, then prompting, then the other baselines), variants sorted."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(labels, key=lambda s: (rank.get(s.split(" (")[0], len(rank)), s))
+    """Method labels in the paper order (each method's `rank`: the method, then prompting, then the other
+    baselines; unranked methods after them by name), variants sorted."""
+    return sorted(labels, key=lambda s: (steerers.method_class(s.split(" (")[0]).rank, s))
 
 
 def _n_text(n_seeds: int, rows: pd.Series, dilemmas: pd.Series | None = None) -> str:
@@ -145,7 +145,9 @@ def table1(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return out
 
 
-CONSOLE_REFERENCES = ("prompt", "random")  # the baselines Table 1's console form reads every method against
+def console_references() -> list[str]:
+    """The baselines Table 1's console form reads every method against: prompting and the random-direction null."""
+    return [m for m in (steerers.with_role("prompting"), steerers.with_role("null")) if m is not None]
 
 
 def table1_console(t1: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +157,7 @@ def table1_console(t1: pd.DataFrame) -> pd.DataFrame:
     each CI's basis) is the one `write_table` writes."""
     st = t1.attrs["stats"]
     mean = st.set_index("label")["effect"]
-    refs = [r for r in CONSOLE_REFERENCES if r in mean.index]
+    refs = [r for r in console_references() if r in mean.index]
     rows = []
     for _, r in st.iterrows():
         ci = f" [{_num(r['effect_lo'])}, {_num(r['effect_hi'])}]" if np.isfinite(r["effect_lo"]) else " (no CI)"
@@ -220,15 +222,17 @@ def _shifts(scores: pd.DataFrame, runs: pd.DataFrame, dataset: str, target: str)
 
 def against_the_grain(collected: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Each method at c = −1 vs the dishonest prompt: label-signed mean at c = −1 minus c = 0 (negative = pushed
-    against the honest label), with a 95% CI over dilemmas, and the paired difference to `prompt` at −1."""
+    against the honest label), with a 95% CI over dilemmas, and the paired difference to prompting (the method whose
+    role is "prompting") at −1."""
     if scores.empty or "run_hash" not in scores:
         raise ValueError("against-the-grain needs per-row scores with a run_hash column (use collect.load_scores)")
+    prompting = steerers.with_role("prompting") or "prompting"
     rows, stat_rows = [], []
     for dataset in sorted(set(scores["dataset"]) & set(collected["dataset"])):
         runs = _select(collected, dataset, presets=False)
         runs = runs.assign(label=variant_labels(runs))
         shift = _shifts(scores, runs, dataset, target_dim(collected, dataset))
-        prompts = order_labels([lab for lab in shift["label"].unique() if lab.split(" (")[0] == "prompt"])
+        prompts = order_labels([lab for lab in shift["label"].unique() if lab.split(" (")[0] == prompting])
         ref = shift[shift["label"] == prompts[0]].set_index("row_id")["shift"] if prompts else None
         for label in order_labels(list(shift["label"].unique())):
             per_row = shift[shift["label"] == label].copy()
@@ -245,7 +249,7 @@ def against_the_grain(collected: pd.DataFrame, scores: pd.DataFrame) -> pd.DataF
             rows.append({"dataset": dataset, "Method": label,
                          "n": f"{st['n_seeds']} seed{'s' if st['n_seeds'] != 1 else ''}, {a['n_rows']} rows ({a['n_dilemmas']} dilemmas)",
                          "shift at c = −1 [95% CI]": f"{_num(a['mean'])} [{_num(a['lo'])}, {_num(a['hi'])}] (p={fmt_p(a['p'])})",
-                         f"minus {prompts[0] if prompts else 'prompt'} at c = −1": vs})
+                         f"minus {prompts[0] if prompts else prompting} at c = −1": vs})
     out = pd.DataFrame(rows)
     out.attrs["stats"] = pd.DataFrame(stat_rows)
     return out
@@ -349,16 +353,20 @@ def _run_tables(scores: pd.DataFrame, runs: pd.DataFrame, dataset: str) -> list[
     return [g for _, g in s[s["run_hash"].isin(runs["run_hash"])].groupby("run_hash")]
 
 
-def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str = "innerpissa",
-                 n_boot: int = 1000, seed: int = 0, null: str = "random") -> pd.DataFrame:
+def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str | None = None,
+                 n_boot: int = 1000, seed: int = 0, null: str | None = None) -> pd.DataFrame:
     """Per method label on `dataset`: the effect pooled over its seeds (`eval.metrics.pooled_effect`: dilemma ×
     seed bootstrap), the paired difference to `reference` on the same dilemmas (`paired_difference`; a method
     "beats" another only when that CI excludes 0), where the effect falls against the `null` method's seeds
     (`null_lo`/`null_hi`: the 95% prediction interval of one more random direction, `eval.control.null_band`;
     conservative for a method pooled over several seeds), and seed means of kl/coefficients, action bias,
-    selectivity and the audit metrics from the runs' summaries. One row per label (numbers only)."""
+    selectivity and the audit metrics from the runs' summaries. One row per label (numbers only). `reference` and
+    `null` default to the methods whose role is "method" and "null"."""
     from ..eval.control import null_band
     from ..eval.metrics import paired_difference, pooled_effect
+
+    reference = reference or steerers.with_role("method")
+    null = null or steerers.with_role("null")
 
     runs = _select(collected, dataset, presets=False)
     runs = runs.assign(label=variant_labels(runs))
@@ -388,11 +396,13 @@ def powered_rows(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, re
     return pd.DataFrame(rows)
 
 
-def powered_table(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str = "innerpissa",
-                  n_boot: int = 1000, null: str = "random") -> pd.DataFrame:
+def powered_table(collected: pd.DataFrame, scores: pd.DataFrame, dataset: str, reference: str | None = None,
+                  n_boot: int = 1000, null: str | None = None) -> pd.DataFrame:
     """Display frame of `powered_rows` (numbers in attrs['stats']): effect [CI] pooled over seeds, the paired
     difference to `reference` [CI] and whether it excludes 0, whether the effect is above, inside or below the
-    `null` band, KL/coefficients, action bias, selectivity."""
+    `null` band, KL/coefficients, action bias, selectivity (defaults as in `powered_rows`)."""
+    reference = reference or steerers.with_role("method")
+    null = null or steerers.with_role("null")
     st = powered_rows(collected, scores, dataset, reference, n_boot, null=null)
     get = lambda r, k: r.get(k, np.nan)  # noqa: E731
     rows = []
@@ -444,12 +454,16 @@ def audit_correlations(collected: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return out
 
 
-def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dict]:
+def quality_rows(stats: pd.DataFrame, reference: str | None = None, null: str | None = None) -> list[dict]:
     """`powered_rows` as the bench's JSON rows: {method, kl, kl_pos, kl_neg, coeff_pos, coeff_neg, n_seeds, effect,
     ci_low, ci_high, action_bias, selectivity, paired_vs_<reference>: {diff, ci_low, ci_high} or None,
-    vs_random_null: {verdict (above / inside / below), null_lo, null_hi, null_n} (the random seeds' 95%
+    vs_<null>_null: {verdict (above / inside / below), null_lo, null_hi, null_n} (the null seeds' 95%
     prediction interval), positive_control: {r, probe} (seed means of the token-level and hidden-state controls),
-    audit: {ref_logscore, ref_logscore_abs_t, steering_f1}}; NaN becomes None."""
+    audit: {ref_logscore, ref_logscore_abs_t, steering_f1}}; NaN becomes None. `reference` and `null` default to
+    the methods whose role is "method" and "null"."""
+    reference = reference or steerers.with_role("method")
+    null = null or steerers.with_role("null")
+
     def num(r: pd.Series, k: str) -> float | None:
         v = r.get(k, np.nan)
         return float(v) if pd.notna(v) and np.isfinite(v) else None
@@ -462,7 +476,7 @@ def quality_rows(stats: pd.DataFrame, reference: str = "innerpissa") -> list[dic
                      **{k: num(r, k) for k in ("effect", "ci_low", "ci_high", "action_bias", "selectivity")},
                      f"paired_vs_{reference}": None if diff is None else
                      {"diff": diff, "ci_low": num(r, "vs_ref_ci_low"), "ci_high": num(r, "vs_ref_ci_high")},
-                     "vs_random_null": {"verdict": r["vs_null"], "null_lo": num(r, "null_lo"),
+                     f"vs_{null}_null": {"verdict": r["vs_null"], "null_lo": num(r, "null_lo"),
                                         "null_hi": num(r, "null_hi"), "null_n": int(r["null_n"])},
                      "positive_control": {"r": num(r, "control_score"), "probe": num(r, "control_probe_score")},
                      "audit": {k: num(r, k) for k in AUDIT_METRICS}})
