@@ -8,7 +8,8 @@ Per model and concept (honesty: dd-honesty + a TruthfulQA sample; loyalty: dd-lo
    mean over ±1 of its measured KL on the neutral prompts, to 2 significant digits), with steered samples, so the
    run is also the prompting row of the comparison at that budget (bench/quality.py, same run root);
 3. >= 5 random directions calibrated to that budget give the null's 95 % prediction band.
-A (model, set) qualifies when the chosen variant's reporting effect has its CI above 0. Resumable: runs are cached
+A (model, set) qualifies when the chosen variant's reporting effect has its CI above 0; `above_null` says whether it also clears
+the random directions' 95 % prediction band at the same KL. Resumable: runs are cached
 by config hash under the committed run root, and the JSON is rewritten after every run:
     nohup .venv/bin/python bench/qualify.py > qualify.log 2>&1 &
 """
@@ -123,11 +124,12 @@ def table(results: dict[str, Any]) -> str:
         for rec in concepts.values():
             for ds, g in rec.get("sets", {}).items():
                 null = f"{g['null_lo']:+.3f} … {g['null_hi']:+.3f} ({g['null_n']})" if g["null_n"] >= 2 else "pending"
+                above = {True: "**yes**", False: "no", None: "pending"}[g.get("above_null")]
                 rows.append({"model": model, "set": ds, "variant (tuning half)": g["variant"],
                              "effect [95% CI]": f"{g['effect']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]",
                              "p": f"{g['p']:.1g}", "KL": f"{g['kl']:.2f}", "pmass c=0": f"{g['pmass_c0']:.2f}",
                              "n": g["n_dilemmas"], "random null 95% PI (seeds)": null,
-                             "qualifies": "**yes**" if g["qualifies"] else "no"})
+                             "qualifies (CI > 0)": "**yes**" if g["qualifies"] else "no", "above the null": above})
     return to_markdown(pd.DataFrame(rows)) if rows else "(no finished reporting run yet)\n"
 
 
@@ -161,7 +163,7 @@ def main() -> None:
                                  "wall_time_s_this_invocation": round(time.perf_counter() - t0, 1),
                                  "failed": failed, "results": results}))
         verdicts = {m: {ds: {k: g[k] for k in ("variant", "effect", "ci_low", "ci_high", "p", "kl", "null_lo",
-                                                 "null_hi", "null_n", "qualifies")}
+                                                 "null_hi", "null_n", "qualifies", "above_null")}
                         for rec in results[m].values() for ds, g in rec.get("sets", {}).items()} for m in shown_models}
         if args.name == "qualify":  # smoke runs never touch the package's verdicts
             old = json.loads(args.verdicts.read_text()) if args.verdicts.is_file() else {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from innerpissa.eval.gate import NOT_MEASURED, NOT_QUALIFIED, gate_warnings, prompt_gate, qualification
+from innerpissa.eval.gate import INSIDE_NULL, NOT_MEASURED, NOT_QUALIFIED, gate_warnings, prompt_gate, qualification
 from test_eval_metrics import sided
 
 
@@ -25,6 +25,10 @@ def test_known_prompting_effect_qualifies_and_a_flat_one_does_not() -> None:
     v = np.array([0.01, -0.02, 0.0, 0.015, -0.005])
     half = 2.7764451051977987 * v.std(ddof=1) * np.sqrt(1 + 1 / 5)  # t(0.975, 4) by hand
     assert (g["null_lo"], g["null_hi"], g["null_n"]) == (pytest.approx(v.mean() - half), pytest.approx(v.mean() + half), 5)
+    assert g["above_null"] is True  # 0.3 against a band topping out near 0.04
+    wide = prompt_gate(moved, "t", [0.5, -0.4, 0.1], n_boot=300)  # random directions that move it more than 0.3
+    assert wide["qualifies"] and wide["above_null"] is False
+    assert prompt_gate(moved, "t", [0.01, -0.02], n_boot=300)["above_null"] is None  # 2 seeds: no band drawn
     flat = sided(40, 20, lambda side, lab, c, rng: rng.normal(0, 0.2), seed=2)
     f = prompt_gate(flat, "t", n_boot=300)
     assert not f["qualifies"] and f["ci_low"] <= 0 and f["null_n"] == 0
@@ -42,6 +46,9 @@ def test_verdict_file_gives_one_line_warnings(tmp_path: Path) -> None:
     path.write_text(json.dumps({"smollm2-135m": {"dd-honesty": {"qualifies": False}}}))
     assert qualification("SmolLM2", "dd-honesty", path) is False  # a built-in under another of its names
     assert gate_warnings("other", ["dd-honesty"], tmp_path / "missing.json") == [f"warning: other / dd-honesty: {NOT_MEASURED}"]
+    path.write_text(json.dumps({"m": {"dd-honesty": {"qualifies": True, "above_null": False},
+                                      "dd-care": {"qualifies": True, "above_null": None}}}))
+    assert gate_warnings("m", ["dd-honesty", "dd-care"], path) == [f"warning: m / dd-honesty: {INSIDE_NULL}"]
 
 
 def test_compare_uses_the_variant_chosen_on_the_tuning_half(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
