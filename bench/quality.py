@@ -26,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from common import run_units, write  # noqa: E402
 
+from innerpissa.eval.control import null_band  # noqa: E402
 from innerpissa.eval.gate import gate_warnings, qualification  # noqa: E402
 from innerpissa.experiments.collect import collect, kl_budget, load_scores  # noqa: E402
 from innerpissa.experiments.compare import compare_configs  # noqa: E402
@@ -87,13 +88,18 @@ def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets:
     """quality.json's tables from the finished runs: per dataset × budget the powered rows, per dataset the audit."""
     done = [c.content_hash() for c in cfgs if (run_dir(c, root) / "DONE").is_file()]
     if not done:
-        return {"tables": {}, "audit": {}, "n_dilemmas": {}}
+        return {"tables": {}, "audit": {}, "n_dilemmas": {}, "control_null": {}}
     coll = collect(root)
     coll = coll[coll["run_hash"].isin(done)]
     scores = load_scores(root, done)
     tables: dict[str, dict[str, list]] = {}
     audit: dict[str, dict] = {}
     n_dilemmas: dict[str, int] = {}
+    control_null: dict[str, dict[str, Any]] = {}  # per budget: the random directions' band of each positive control
+    for kl in budgets:
+        rnd = coll[(kl_budget(coll) == kl) & (coll["method"] == "random")].drop_duplicates("run_hash")
+        control_null[f"{kl:g}"] = {name: null_band(rnd[col].tolist()) for name, col in
+                                   (("r", "control_score"), ("probe", "control_probe_score"))}
     for ds in datasets:
         if ds not in set(coll["dataset"]):
             continue
@@ -117,7 +123,7 @@ def aggregate(cfgs: list[RunConfig], root: Path, budgets: list[float], datasets:
         audit[ds] = {"per_method": per_method, "corr_with_raw_shift": corr["corr_with_raw_shift"].to_dict(),
                      "corr_with_abs_raw_shift": corr["corr_with_abs_raw_shift"].to_dict(),
                      "corr_with_effect": corr["corr_with_effect"].to_dict(), "n_runs": corr["n_runs"].to_dict()}
-    return {"tables": tables, "audit": audit, "n_dilemmas": n_dilemmas}
+    return {"tables": tables, "audit": audit, "n_dilemmas": n_dilemmas, "control_null": control_null}
 
 
 def main() -> None:

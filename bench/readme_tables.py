@@ -55,13 +55,8 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
     ip, pr = by.get("innerpissa"), by.get("prompt")
     if ip is None or pr is None:
         return f"No verdict: InnerPiSSA or the prompt has no finished run yet ({q['n_runs_done']} of {q['n_runs_planned']} runs)."
-    d = pr["paired_vs_innerpissa"]
-    if d["ci_low"] > 0:
-        paired = f"the prompt beats it, paired {ci(d['diff'], d['ci_low'], d['ci_high'])}"
-    elif d["ci_high"] < 0:
-        paired = f"it beats the prompt, paired prompt − InnerPiSSA {ci(d['diff'], d['ci_low'], d['ci_high'])}"
-    else:
-        paired = f"paired, prompt − InnerPiSSA is {ci(d['diff'], d['ci_low'], d['ci_high'])}: no difference"
+    paired = "; ".join(versus(name, by[m]["paired_vs_innerpissa"]) for m, name in (("prompt", "the prompt"),
+                                                                                  ("mean_diff", "CAA")) if m in by)
     null = ip["vs_random_null"]
     if null["null_n"] >= 3:
         vs_null = (f"It is {null['verdict']} the random null's 95 % prediction interval ({null['null_lo']:+.3f} … "
@@ -76,8 +71,24 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
     return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** "
             f"InnerPiSSA moves dd-honesty by {ci(ip['effect'], ip['ci_low'], ip['ci_high'])} nats per unit c "
             f"against the prompt's {ci(pr['effect'], pr['ci_low'], pr['ci_high'])}; {paired}. {vs_null} "
-            f"InnerPiSSA's action bias (keenness to act, which the side-balanced effect does not count) is "
-            f"{ip['action_bias']:+.3f}, the prompt's {pr['action_bias']:+.3f}.")
+            f"{controls(ip, q.get('control_null', {}).get(kl))} InnerPiSSA's action bias (keenness to act, which the "
+            f"side-balanced effect does not count) is {ip['action_bias']:+.3f}, the prompt's {pr['action_bias']:+.3f}.")
+
+
+def versus(name: str, d: dict) -> str:
+    """'<name> − InnerPiSSA, paired: d [lo, hi]' and what it means."""
+    word = "InnerPiSSA loses" if d["ci_low"] > 0 else "InnerPiSSA wins" if d["ci_high"] < 0 else "no difference"
+    return f"{name} − InnerPiSSA, paired, {ci(d['diff'], d['ci_low'], d['ci_high'])}: {word}"
+
+
+def controls(row: dict, band: dict | None) -> str:
+    """Whether the method's two positive controls clear the random directions' bands on this model."""
+    pc = row["positive_control"]
+    if not band or band["r"]["null_n"] < 3:
+        return f"Its positive controls (token r {pc['r']:.2f}, probe {pc['probe']:.2f}) await a random band."
+    parts = [f"{name} {pc[k]:.2f} {'passes' if pc[k] > band[k]['null_hi'] else 'fails'} (random band ≤ {band[k]['null_hi']:.2f})"
+             for k, name in (("r", "token r"), ("probe", "probe"))]
+    return f"Its positive controls ({band['r']['null_n']} random directions): " + ", ".join(parts) + "."
 
 
 def fresh_clone(path: Path) -> str:
