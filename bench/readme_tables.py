@@ -104,9 +104,11 @@ def fresh_clone(path: Path) -> str:
         extra = f", {r['pytest_summary']}" if name == "test" and r.get("pytest_summary") else ""
         parts.append(f"`scripts/{name}.sh` {m} min {s:02d} s (exit {r['rc']}{extra}, load {r['load_avg_1min_at_start']:.1f} at start)")
     conv = "already converted" if f["model_already_converted"] else "downloaded and converted in the run"
+    busy = any(r["load_avg_1min_at_start"] > 0.5 for r in f["commands"].values())
+    note = " Another job shared the 2 cores (the load averages), so these are upper bounds." if busy else ""
     return (f"From a fresh clone with a new venv ({f['machine']['date'][:10]}, commit {f['commit']}, "
             f"{cpu.get('model')} ({flags}), {f['machine']['cpu_count']} cores; default model {conv}): "
-            + "; ".join(parts) + ". Source: `bench/results/fresh_clone.json`.")
+            + "; ".join(parts) + f".{note} Source: `bench/results/fresh_clone.json`.")
 
 
 def paste(path: Path, blocks: dict[str, str]) -> None:
