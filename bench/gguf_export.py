@@ -17,6 +17,7 @@ Target (issue 31): shift cosine >= 0.99 and KL(ours ‖ llama.cpp) <= 5 % of KL(
 -> bench/results/gguf_export.json
 Run: nice -n 19 python bench/gguf_export.py [--steps 8] [--adapter DIR]
      nice -n 19 python bench/gguf_export.py --model qwen2.5-coder-0.5b --random 0.01   (adds other_models)
+     nice -n 19 python bench/gguf_export.py --model qwen2.5-coder-1.5b --adapter FIT_DIR --no-f32-base
 """
 
 from __future__ import annotations
@@ -205,11 +206,13 @@ def run(spec: str = "smollm2-135m", steps: int = 8, adapter: Path | None = None,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--adapter", type=Path, default=None, help="a trained SmolLM2 adapter dir (skips training)")
+    ap.add_argument("--adapter", type=Path, default=None, help="a trained adapter dir for --model (skips training)")
     ap.add_argument("--model", default="smollm2-135m", help="another built-in: added under other_models")
     ap.add_argument("--random", type=float, default=None, help="random adapter parameters N(0, σ²), no training")
     ap.add_argument("--save-adapter", type=Path, default=None, help="keep the trained adapter here")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-f32-base", action="store_true", help="skip llama.cpp on the f32-dequantized base GGUF "
+                    "(it needs the model's fp32 size in RAM again: 7 GB for the 1.5B model)")
     args = ap.parse_args()
     import json
 
@@ -217,7 +220,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     res = run(args.model, steps=args.steps, adapter=args.adapter, threads=args.threads, random_params=args.random,
-              save_adapter=args.save_adapter)
+              save_adapter=args.save_adapter, f32_base=not args.no_f32_base)
     res["llama_cpp_python"] = llama_cpp.__version__
     res["seconds"] = round(time.perf_counter() - t0, 1)
     if args.model != "smollm2-135m":  # the issue's numbers are SmolLM2's; other models are a side check
