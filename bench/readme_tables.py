@@ -4,7 +4,8 @@ a hand-copied number.
 
 README.md: `fresh-clone` (bench/fresh_clone.py), `testbed-headline` (the 1.5B comparison on dd-honesty) and
 `verdict` (its one-paragraph reading). docs/results.md: `qualify-table` (bench/qualify.py), `testbed-tables` (every
-table of the 1.5B comparison) and `quality-tables` (Table 1 on SmolLM2-135M, bench/quality.py).
+table of the 1.5B comparison), `quality-tables` (Table 1 on SmolLM2-135M, bench/quality.py) and `null-anatomy`
+(bench/null_anatomy.py).
 """
 from __future__ import annotations
 
@@ -103,12 +104,37 @@ def fresh_clone(path: Path) -> str:
         m, s = divmod(round(r["wall_s"]), 60)
         extra = f", {r['pytest_summary']}" if name == "test" and r.get("pytest_summary") else ""
         parts.append(f"`scripts/{name}.sh` {m} min {s:02d} s (exit {r['rc']}{extra}, load {r['load_avg_1min_at_start']:.1f} at start)")
+    if f.get("cli"):
+        ok, wall = sum(r["rc"] == 0 for r in f["cli"]), sum(r["wall_s"] for r in f["cli"])
+        parts.append(f"then the CLI block below, as printed: {ok} of {len(f['cli'])} lines exit 0, "
+                     f"{wall / 60:.0f} min in all")
     conv = "already converted" if f["model_already_converted"] else "downloaded and converted in the run"
-    busy = any(r["load_avg_1min_at_start"] > 0.5 for r in f["commands"].values())
+    busy = any(r["load_avg_1min_at_start"] > 0.5 for r in [*f["commands"].values(), *f.get("cli", [])])
     note = " Another job shared the 2 cores (the load averages), so these are upper bounds." if busy else ""
     return (f"From a fresh clone with a new venv ({f['machine']['date'][:10]}, commit {f['commit']}, "
             f"{cpu.get('model')} ({flags}), {f['machine']['cpu_count']} cores; default model {conv}): "
             + "; ".join(parts) + f".{note} Source: `bench/results/fresh_clone.json`.")
+
+
+def null_anatomy(path: Path) -> str:
+    """docs/results.md: each run's side-balanced effect split into its two strata (bench/null_anatomy.py)."""
+    if not path.is_file():
+        return "Not computed yet: `python bench/null_anatomy.py`."
+    f = json.loads(path.read_text())
+    sides = sorted(k for k in f["runs"][0] if k.startswith("slope_"))
+    n = f["strata_sizes"]
+    head = [f"honest = {k[6:].replace('_', ' ')} ({n.get(k[6:], 0)} dilemmas)" for k in sides]
+    lines = [f"`bench/results/null_anatomy.json` ({f['machine']['date'][:10]}, commit {f['machine']['git_commit']}): "
+             f"{f['model']}, {f['dataset']} reporting half, KL {f['kl']}, slopes in nats per unit c.", "",
+             "| run | " + " | ".join(head) + " | effect (their mean) | per-dilemma pattern vs the prompt's (r) |",
+             "|---|" + "---|" * (len(sides) + 2)]
+    for r in sorted(f["runs"], key=lambda r: (r["run"].startswith("random"), r["run"])):
+        lines.append(f"| {r['run']} | " + " | ".join(f"{r[k]:+.3f}" for k in sides)
+                     + f" | {r['effect']:+.3f} | {r['pattern_corr_with_prompt']:+.2f} |")
+    sd = f["random_sd"]
+    lines.append(f"| SD of the {f['n_random']} random directions | " + " | ".join(f"{sd[k]:.3f}" for k in sides)
+                 + f" | {sd['effect']:.3f} | {sd['pattern_corr_with_prompt']:.2f} |")
+    return "\n".join(lines)
 
 
 def paste(path: Path, blocks: dict[str, str]) -> None:
@@ -140,6 +166,7 @@ def main() -> None:
         "qualify-table": (ROOT / "results/qualify/qualify.md").read_text().strip(),
         "testbed-tables": render(testbed_json, testbed_tables),
         "quality-tables": render(ROOT / "bench/results/quality.json", ROOT / "results/quality"),
+        "null-anatomy": null_anatomy(ROOT / "bench/results/null_anatomy.json"),
     })
 
 
