@@ -116,6 +116,12 @@ def test_fit_steer_save_load(name: str, tmp_path: Path) -> None:
     for c, logits in steered.items():
         assert torch.equal(_last_logits(fresh, tok, loaded, c), logits), c
 
+    if cls.foldable:  # what `merge` / `export` rely on: the steering folds into plain weights at one c
+        from innerpissa.adapter import merge
+
+        merge(fresh, 1.0)
+        torch.testing.assert_close(_last_logits(fresh, tok, _Unsteered(), 0.0), steered[1.0], rtol=1e-4, atol=1e-4)
+
 
 # string constants in innerpissa/experiments/ that equal a method's name but do not mean the method
 NOT_A_METHOD = {

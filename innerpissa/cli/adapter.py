@@ -70,7 +70,7 @@ def merge(
     check_coeffs([coeff], "--coeff")
     check_out(out, overwrite)
     m, tok, steerer = _load_adapter_model(adapter, model)
-    if steerer.name != "innerpissa":
+    if not steerer.foldable:
         raise UserError(f"{adapter} holds a {steerer.name!r} steerer; merge folds InnerPiSSA adapters only")
     merge_adapter(m, coeff)
     check_finite(m.state_dict(), f"the merged model at c={coeff:g} to {out}")
@@ -109,7 +109,7 @@ def export(
     else:
         check_out(out, overwrite)
     m, _, steerer = _load_adapter_model(adapter, model)
-    if steerer.name != "innerpissa":
+    if not steerer.foldable:
         raise UserError(f"{adapter} holds a {steerer.name!r} steerer; export supports InnerPiSSA adapters only")
     names = "" if len(coeff) == 1 else " (" + ", ".join(f"c{c:+g}" for c in coeff) + ")"
     if format == "gguf-lora":

@@ -91,6 +91,7 @@ class SteererBase:
       method that takes no seed fails loudly instead of silently repeating one fit.
     - `trainable`: the fit trains (an optimiser loop): it checkpoints into `fit(ckpt_dir=...)` and can resume.
     - `exact_at_zero`: c = 0 is the base model bit for bit (scoring may reuse base forwards).
+    - `foldable`: the steering lives in InnerPiSSA layers, so `merge` and `export` can freeze it at one c.
     - `discrete_coeffs`: the only coefficients defined (prompting: on or off), None for any real c.
     - `overrides`: run-wide settings a comparison may set for every trained method ("steps", "precision") and
       the params path each maps to here; a setting not named here does not apply to this method.
@@ -107,6 +108,7 @@ class SteererBase:
     seed_param: ClassVar[str | None] = "seed"
     trainable: ClassVar[bool] = False
     exact_at_zero: ClassVar[bool] = False
+    foldable: ClassVar[bool] = False
     discrete_coeffs: ClassVar[tuple[float, ...] | None] = None
     overrides: ClassVar[dict[str, str]] = {}
     aliases: ClassVar[dict[str, dict[str, Any]]] = {}

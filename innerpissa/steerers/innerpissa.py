@@ -52,6 +52,7 @@ class InnerPiSSASteerer(SteererBase):
     recorded = ("model", "concept")
     seed_param = "train.seed"
     trainable = True
+    foldable = True
     exact_at_zero = True  # c = 0 is the base model bit for bit (tested): scoring may reuse base forwards
     overrides = {"steps": "train.steps", "precision": "train.precision"}
     # `innerpissa:<recipe>`: the method under each recipe (Table 1's per-recipe rows; `innerpissa:<default>` is
