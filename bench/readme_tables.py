@@ -69,7 +69,12 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
     seeds = ip["n_seeds"]
     final = null["null_n"] >= FULL_NULL and seeds >= FULL_SEEDS
     head = "**Verdict" if final else f"**First look, not the verdict ({seeds} of {FULL_SEEDS} InnerPiSSA seeds, {null['null_n']} of {FULL_NULL} random seeds)"
-    return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** "
+    beats = [name for m, name in (("prompt", "the prompt"), ("mean_diff", "CAA"))
+             if m in by and by[m]["paired_vs_innerpissa"]["ci_high"] < 0]
+    plain = (f"In one line: InnerPiSSA {'beats ' + ' and '.join(beats) if beats else 'beats neither the prompt nor CAA'}"
+             f" here, and it {'clears' if null['verdict'] == 'above' else 'does not clear'} the random null."
+             if final and null["null_n"] >= 3 else "")
+    return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** {plain} "
             f"InnerPiSSA moves dd-honesty by {ci(ip['effect'], ip['ci_low'], ip['ci_high'])} nats per unit c "
             f"against the prompt's {ci(pr['effect'], pr['ci_low'], pr['ci_high'])}; {paired}. {vs_null} "
             f"{controls(ip, q.get('control_null', {}).get(kl))} InnerPiSSA's action bias (keenness to act, which the "
