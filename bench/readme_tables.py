@@ -73,7 +73,7 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
              if m in by and by[m]["paired_vs_innerpissa"]["ci_high"] < 0]
     plain = (f"In one line: InnerPiSSA {'beats ' + ' and '.join(beats) if beats else 'beats neither the prompt nor CAA'}"
              f" here, and it {'clears' if null['verdict'] == 'above' else 'does not clear'} the random null."
-             if final and null["null_n"] >= 3 else "")
+             if final else "")
     return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** {plain} "
             f"InnerPiSSA moves dd-honesty by {ci(ip['effect'], ip['ci_low'], ip['ci_high'])} nats per unit c "
             f"against the prompt's {ci(pr['effect'], pr['ci_low'], pr['ci_high'])}; {paired}. {vs_null} "
