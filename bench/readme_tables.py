@@ -43,6 +43,11 @@ def render(quality_json: Path, tables_dir: Path, only: str | None = None) -> str
     return "\n\n".join(parts)
 
 
+NAMES = {  # how the verdict spells the other methods
+    "pca": "PCA", "bipo": "BiPO", "lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA", "dpo": "DPO",
+}
+
+
 def ci(x: float, lo: float, hi: float) -> str:
     return f"{x:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
@@ -60,7 +65,7 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
                                                                                   ("mean_diff", "CAA")) if m in by)
     null = ip["vs_random_null"]
     if null["null_n"] >= 3:
-        vs_null = (f"It is {null['verdict']} the random null's 95 % prediction interval ({null['null_lo']:+.3f} … "
+        vs_null = (f"InnerPiSSA is {null['verdict']} the random null's 95 % prediction interval ({null['null_lo']:+.3f} … "
                    f"{null['null_hi']:+.3f}, {null['null_n']} random directions at the same KL)")
         pn = pr["vs_random_null"]
         vs_null += f"; the prompt is {pn['verdict']} it."
@@ -74,9 +79,14 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
     plain = (f"In one line: InnerPiSSA {'beats ' + ' and '.join(beats) if beats else 'beats neither the prompt nor CAA'}"
              f" here, and it {'clears' if null['verdict'] == 'above' else 'does not clear'} the random null."
              if final else "")
+    others = "".join(
+        f" {versus(NAMES.get(m, m), r['paired_vs_innerpissa'])}; {NAMES.get(m, m)} is {r['vs_random_null']['verdict']} the random null, action "
+        f"bias {r['action_bias']:+.3f}." for m, r in by.items()
+        if m not in ("innerpissa", "prompt", "mean_diff", "random") and r.get("paired_vs_innerpissa")
+        and (r["paired_vs_innerpissa"]["ci_low"] > 0 or r["paired_vs_innerpissa"]["ci_high"] < 0))
     return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** {plain} "
             f"InnerPiSSA moves dd-honesty by {ci(ip['effect'], ip['ci_low'], ip['ci_high'])} nats per unit c "
-            f"against the prompt's {ci(pr['effect'], pr['ci_low'], pr['ci_high'])}; {paired}. {vs_null} "
+            f"against the prompt's {ci(pr['effect'], pr['ci_low'], pr['ci_high'])}; {paired}.{others} {vs_null} "
             f"{controls(ip, q.get('control_null', {}).get(kl))} InnerPiSSA's action bias (keenness to act, which the "
             f"side-balanced effect does not count) is {ip['action_bias']:+.3f}, the prompt's {pr['action_bias']:+.3f}.")
 
