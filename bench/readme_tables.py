@@ -43,8 +43,8 @@ def render(quality_json: Path, tables_dir: Path, only: str | None = None) -> str
     return "\n\n".join(parts)
 
 
-NAMES = {  # how the verdict spells the other methods
-    "pca": "PCA", "bipo": "BiPO", "lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA", "dpo": "DPO",
+NAMES = {  # how the verdict spells the methods
+    "prompt": "the prompt", "mean_diff": "CAA", "pca": "PCA", "bipo": "BiPO", "lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA", "dpo": "DPO",
 }
 
 
@@ -61,8 +61,8 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
     ip, pr = by.get("innerpissa"), by.get("prompt")
     if ip is None or pr is None:
         return f"No verdict: InnerPiSSA or the prompt has no finished run yet ({q['n_runs_done']} of {q['n_runs_planned']} runs)."
-    paired = "; ".join(versus(name, by[m]["paired_vs_innerpissa"]) for m, name in (("prompt", "the prompt"),
-                                                                                  ("mean_diff", "CAA")) if m in by)
+    rivals = [m for m in ("prompt", "mean_diff") if m in by]  # the two the verdict always reads
+    paired = "; ".join(versus(NAMES[m], by[m]["paired_vs_innerpissa"]) for m in rivals)
     null = ip["vs_random_null"]
     if null["null_n"] >= 3:
         vs_null = (f"InnerPiSSA is {null['verdict']} the random null's 95 % prediction interval ({null['null_lo']:+.3f} … "
@@ -74,15 +74,14 @@ def verdict(quality_json: Path, dataset: str = "dd-honesty") -> str:
     seeds = ip["n_seeds"]
     final = null["null_n"] >= FULL_NULL and seeds >= FULL_SEEDS
     head = "**Verdict" if final else f"**First look, not the verdict ({seeds} of {FULL_SEEDS} InnerPiSSA seeds, {null['null_n']} of {FULL_NULL} random seeds)"
-    beats = [name for m, name in (("prompt", "the prompt"), ("mean_diff", "CAA"))
-             if m in by and by[m]["paired_vs_innerpissa"]["ci_high"] < 0]
+    beats = [NAMES[m] for m in rivals if by[m]["paired_vs_innerpissa"]["ci_high"] < 0]
     plain = (f"In one line: InnerPiSSA {'beats ' + ' and '.join(beats) if beats else 'beats neither the prompt nor CAA'}"
              f" here, and it {'clears' if null['verdict'] == 'above' else 'does not clear'} the random null."
              if final else "")
     others = "".join(
         f" {versus(NAMES.get(m, m), r['paired_vs_innerpissa'])}; {NAMES.get(m, m)} is {r['vs_random_null']['verdict']} the random null, action "
         f"bias {r['action_bias']:+.3f}." for m, r in by.items()
-        if m not in ("innerpissa", "prompt", "mean_diff", "random") and r.get("paired_vs_innerpissa")
+        if m not in ("innerpissa", "random", *rivals) and r.get("paired_vs_innerpissa")
         and (r["paired_vs_innerpissa"]["ci_low"] > 0 or r["paired_vs_innerpissa"]["ci_high"] < 0))
     return (f"{head}, KL {kl}, {q['n_dilemmas'][dataset]} dilemmas:** {plain} "
             f"InnerPiSSA moves dd-honesty by {ci(ip['effect'], ip['ci_low'], ip['ci_high'])} nats per unit c "
